@@ -1,0 +1,1 @@
+"""inferwatch.api"""
