@@ -1,0 +1,90 @@
+"""The I/O edge of the analysis: run the SQL in ``sql/`` and hand back plain data.
+
+Connects with the analyst role (SELECT only). Every query filters one model
+version and a half-open time window ``[since, until)`` on the partition key, so
+Postgres prunes partitions and the BRIN index on ``ts`` bounds the scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from service.analysis.drift import FeatureHistogram, FeatureReference, sql_spec
+from service.analysis.quality import QualityCounts
+
+
+@cache
+def load_sql(name: str) -> str:
+    return resources.files("service.analysis").joinpath("sql", name).read_text("utf-8")
+
+
+Conn = psycopg.Connection[Any]
+
+
+def drift_histograms(
+    conn: Conn,
+    refs: Sequence[FeatureReference],
+    *,
+    model_version: str,
+    since: datetime,
+    until: datetime,
+) -> tuple[dict[str, FeatureHistogram], int]:
+    """Histograms (with PSI computed in SQL) per feature, and the window's row count."""
+    params = {
+        "spec": Jsonb(sql_spec(refs)),
+        "model_version": model_version,
+        "since": since,
+        "until": until,
+    }
+    hists: dict[str, FeatureHistogram] = {r.name: FeatureHistogram(r.name) for r in refs}
+    with conn.cursor() as cur:
+        cur.execute(load_sql("drift_histograms.sql").encode(), params)
+        for name, bucket, gcell, n, total, psi in cur.fetchall():
+            h = hists[name]
+            n = int(n)
+            if psi is not None:
+                h.psi_sql = float(psi)
+            if bucket is None:
+                h.missing += n
+                continue
+            h.bins[bucket] = h.bins.get(bucket, 0) + n
+            if gcell is not None:
+                h.grid[int(gcell)] = h.grid.get(int(gcell), 0) + n
+                h.grid_sum[int(gcell)] = h.grid_sum.get(int(gcell), 0.0) + float(total or 0.0)
+    rows = max((h.n + h.missing for h in hists.values()), default=0)
+    return hists, rows
+
+
+def quality_counts(
+    conn: Conn, *, model_version: str, since: datetime, until: datetime, threshold: float
+) -> QualityCounts:
+    params = {
+        "model_version": model_version,
+        "since": since,
+        "until": until,
+        "threshold": threshold,
+    }
+    row = conn.execute(load_sql("quality.sql").encode(), params).fetchone()
+    assert row is not None
+    rows, labeled, tp, fp, tn, fn, brier, rank_sum = row
+    return QualityCounts(
+        rows=int(rows), labeled=int(labeled), tp=int(tp), fp=int(fp), tn=int(tn), fn=int(fn),
+        brier_sum=float(brier), positive_rank_sum=float(rank_sum),
+    )  # fmt: skip
+
+
+def model_versions(conn: Conn, since: datetime, until: datetime) -> list[tuple[str, str, int]]:
+    """(model_name, model_version, rows) served in the window, most rows first."""
+    rows = conn.execute(
+        "SELECT model_name, model_version, count(*) FROM predictions"
+        " WHERE ts >= %s AND ts < %s GROUP BY 1, 2 ORDER BY 3 DESC",
+        (since, until),
+    ).fetchall()
+    return [(str(a), str(b), int(c)) for a, b, c in rows]
