@@ -98,7 +98,7 @@ build_collector() {
     grep -q "version: $OTELCOL_VERSION\$" "$manifest" \
         || die "collector/builder-config.yaml dist.version differs from OTELCOL_VERSION=$OTELCOL_VERSION"
     local t0=$SECONDS
-    if [[ "$("$BIN/builder" version 2>/dev/null || true)" != *"v$OTELCOL_VERSION"* ]]; then
+    if [[ "$("$BIN/builder" version 2>&1 || true)" != *"v$OTELCOL_VERSION"* ]]; then
         log "collector: go install builder@v$OTELCOL_VERSION"
         run_logged ocb-install env GOBIN="$BIN" \
             go install "go.opentelemetry.io/collector/cmd/builder@v$OTELCOL_VERSION"
