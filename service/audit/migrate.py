@@ -138,7 +138,7 @@ def _become_owner(conn: psycopg.Connection[object]) -> None:
         (OWNER_ROLE, OWNER_ROLE, OWNER_ROLE),
     ).fetchone()
     assert row is not None
-    is_owner, can_become = row  # type: ignore[misc]
+    is_owner, can_become = bool(row[0]), bool(row[1])  # type: ignore[index]
     if is_owner:
         return
     if not can_become:
@@ -174,12 +174,13 @@ def ensure_roles(
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             verb = "ALTER" if exists else "CREATE"
             conn.execute(
-                sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}")
-                .format(ident, sql.Literal(pw))
+                sql.SQL(
+                    verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}"
+                ).format(ident, sql.Literal(pw))
             )
         db = conn.execute("SELECT current_database()").fetchone()
         assert db is not None
-        dbi = sql.Identifier(str(db[0]))  # type: ignore[index]
+        dbi = sql.Identifier(str(db[0]))
         owner, writer, analyst = (sql.Identifier(r) for r in passwords)
         conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(dbi, owner))
         conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(dbi))

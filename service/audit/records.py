@@ -21,7 +21,8 @@ class PredictionRecord:
     ts: datetime  # UTC, when the prediction was served
     model_name: str
     model_version: str
-    features: dict[str, Any]  # the full, validated feature payload (privacy policy applied by the writer)
+    # the full, validated feature payload (the writer applies the privacy policy)
+    features: dict[str, Any]
     prediction: int  # predicted class
     probability: float  # probability of the positive class
     latency_s: float  # inference latency (predict_proba), seconds

@@ -1,0 +1,214 @@
+"""Records to Postgres binary COPY tuples: the one wire form for COPY and spool.
+
+Pure. A record is encoded once (privacy policy applied first) into the bytes of
+one tuple of Postgres' binary COPY format; those bytes go to the server as they
+are, or into a spool frame, and a replay sends the spooled bytes unchanged. So a
+replay costs no re-serialisation, and what is replayed is exactly what would have
+been written.
+
+Values Postgres cannot store are made storable here, never left to fail a whole
+batch: NUL characters (text and jsonb reject them) and unpaired surrogates (not
+UTF-8) become U+FFFD, non-finite floats in the payload become JSON null (orjson's
+rule), integers beyond 64 bits are kept exactly (jsonb numeric). Such a record is
+reported through ``Encoded.sanitized`` so the writer can log it with its id.
+The API should reject these with a 4xx first; this is the writer's safety net.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+from uuid import UUID
+
+import orjson
+
+from service.audit.privacy import PrivacyPolicy
+from service.audit.records import AuditRecord, OutcomeRecord, PredictionRecord
+
+KIND_PREDICTION: Final = 1
+KIND_OUTCOME: Final = 2
+
+PREDICTION_COLUMNS: Final = (
+    "prediction_id", "ts", "model_name", "model_version", "entity_type", "entity_id",
+    "features", "prediction", "probability", "latency_s", "trace_id", "span_id", "request_id",
+)  # fmt: skip
+PREDICTION_TYPES: Final = (
+    "uuid", "timestamptz", "text", "text", "text", "text",
+    "jsonb", "smallint", "double precision", "double precision", "text", "text", "text",
+)  # fmt: skip
+OUTCOME_COLUMNS: Final = (
+    "prediction_id", "entity_type", "entity_id", "label", "received_at", "observed_at",
+)  # fmt: skip
+OUTCOME_TYPES: Final = ("uuid", "text", "text", "smallint", "timestamptz", "timestamptz")
+
+COPY_SIGNATURE: Final = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+COPY_TRAILER: Final = b"\xff\xff"
+
+_PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
+_NULL: Final = b"\xff\xff\xff\xff"
+_pack_i4 = struct.Struct(">i").pack
+_pack_ts = struct.Struct(">iq").pack  # length 8 + int64 microseconds since 2000-01-01
+_pack_i2 = struct.Struct(">ih").pack  # length 2 + int16
+_pack_f8 = struct.Struct(">id").pack  # length 8 + float8
+_PRED_HEAD: Final = b"\x00\x0d\x00\x00\x00\x10"  # 13 fields, then a 16-byte uuid
+_OUT_HEAD: Final = b"\x00\x06"
+_NUL_JSON: Final = b"\\u0000"
+_unpack_i2 = struct.Struct(">h").unpack_from
+_unpack_i4 = struct.Struct(">i").unpack_from
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    kind: int
+    key: str  # the prediction_id (or outcome key) for logs
+    data: bytes  # one binary COPY tuple
+    sanitized: bool = False
+
+
+def _ts(value: datetime) -> bytes:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    d = value - _PG_EPOCH
+    return _pack_ts(8, (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds)
+
+
+def _clean_str(s: str) -> str:
+    s = s.replace("\x00", "\ufffd")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        s = s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return s
+
+
+def _text(s: str) -> tuple[bytes, bool]:
+    try:
+        if "\x00" not in s:
+            b = s.encode("utf-8")
+            return _pack_i4(len(b)) + b, False
+    except UnicodeEncodeError:
+        pass
+    b = _clean_str(s).encode("utf-8")
+    return _pack_i4(len(b)) + b, True
+
+
+def _clean_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return _clean_str(value)
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_clean_str(str(k)): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_clean_json(v) for v in value]
+    try:  # anything else orjson can natively serialise (datetime, UUID, numpy, ...)
+        return orjson.loads(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+    except (TypeError, orjson.JSONEncodeError):
+        return _clean_str(str(value))
+
+
+def encode_json(value: Any) -> tuple[bytes, bool]:
+    """JSON text for a jsonb column, and whether anything had to be changed."""
+    try:
+        out = orjson.dumps(value)
+        if _NUL_JSON not in out:
+            return out, False
+    except (TypeError, orjson.JSONEncodeError):
+        pass
+    cleaned = _clean_json(value)
+    text = json.dumps(cleaned, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text.encode("utf-8"), cleaned != value
+
+
+def encode_prediction(r: PredictionRecord, policy: PrivacyPolicy) -> Encoded:
+    features, dirty = encode_json(policy.apply(r.features))
+    t_name, d1 = _text(r.model_name)
+    t_ver, d2 = _text(r.model_version)
+    t_trace, d3 = _text(r.trace_id)
+    t_span, d4 = _text(r.span_id)
+    dirty = dirty or d1 or d2 or d3 or d4
+    parts = [_PRED_HEAD, r.prediction_id.bytes, _ts(r.ts), t_name, t_ver]
+    for opt in (r.entity_type, r.entity_id):
+        if opt is None:
+            parts.append(_NULL)
+        else:
+            b, d = _text(opt)
+            parts.append(b)
+            dirty = dirty or d
+    parts += [
+        _pack_i4(len(features) + 1), b"\x01", features,
+        _pack_i2(2, r.prediction),
+        _pack_f8(8, r.probability),
+        _pack_f8(8, r.latency_s),
+        t_trace, t_span,
+    ]  # fmt: skip
+    if r.request_id is None:
+        parts.append(_NULL)
+    else:
+        b, d = _text(r.request_id)
+        parts.append(b)
+        dirty = dirty or d
+    return Encoded(KIND_PREDICTION, str(r.prediction_id), b"".join(parts), dirty)
+
+
+def encode_outcome(r: OutcomeRecord) -> Encoded:
+    parts = [_OUT_HEAD]
+    dirty = False
+    parts.append(_NULL if r.prediction_id is None else b"\x00\x00\x00\x10" + r.prediction_id.bytes)
+    for opt in (r.entity_type, r.entity_id):
+        if opt is None:
+            parts.append(_NULL)
+        else:
+            b, d = _text(opt)
+            parts.append(b)
+            dirty = dirty or d
+    parts += [_pack_i2(2, r.label), _ts(r.ts)]
+    parts.append(_NULL if r.observed_at is None else _ts(r.observed_at))
+    key = str(r.prediction_id) if r.prediction_id else f"{r.entity_type}:{r.entity_id}"
+    return Encoded(KIND_OUTCOME, key, b"".join(parts), dirty)
+
+
+def encode(record: AuditRecord, policy: PrivacyPolicy) -> Encoded:
+    if isinstance(record, PredictionRecord):
+        return encode_prediction(record, policy)
+    return encode_outcome(record)
+
+
+def copy_stream(tuples: Sequence[bytes]) -> bytes:
+    """A complete binary COPY stream (signature, tuples, trailer)."""
+    return b"".join((COPY_SIGNATURE, *tuples, COPY_TRAILER))
+
+
+def split_tuples(data: bytes) -> list[bytes]:
+    """Split concatenated binary COPY tuples (no signature/trailer) into single tuples.
+
+    Used to bisect a batch that Postgres refused, without decoding the values.
+    """
+    out: list[bytes] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        start = pos
+        (nfields,) = _unpack_i2(data, pos)
+        pos += 2
+        for _ in range(nfields):
+            (length,) = _unpack_i4(data, pos)
+            pos += 4 + max(length, 0)
+        if pos > end:
+            raise ValueError("truncated COPY tuple")
+        out.append(data[start:pos])
+    return out
+
+
+def tuple_key(kind: int, data: bytes) -> str:
+    """The id in an encoded tuple, for logging (the first field is a uuid or NULL)."""
+    (length,) = _unpack_i4(data, 2)
+    if length == 16:
+        return str(UUID(bytes=bytes(data[6:22])))
+    return "(entity-keyed outcome)" if kind == KIND_OUTCOME else "(unknown)"

@@ -1,0 +1,3 @@
+"""Fixture plugins shared by every test folder (keep this file to plugin registration)."""
+
+pytest_plugins = ["tests.fixtures.pg"]
