@@ -1,0 +1,169 @@
+"""Queries behind GET /v1/monitoring/*: latency, recent predictions, distribution.
+
+Runs as the analyst role (SELECT only) through a small pool, opened on first use
+and closed by :meth:`MonitoringStore.close` (the app's lifespan). All SQL of the
+monitoring routes lives here; the routes only check the key and the parameters.
+Every query is bounded: a time window on the partition key, a LIMIT, or both.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MAX_WINDOW: Final = timedelta(days=31)
+
+
+class AnalystDbSettings(BaseSettings):
+    """``INFERWATCH_ANALYST_DATABASE_URL`` until Settings carries ``analyst_database_url``."""
+
+    model_config = SettingsConfigDict(env_prefix="INFERWATCH_", extra="ignore")
+
+    analyst_database_url: SecretStr | None = None
+
+
+def analyst_dsn(settings: object) -> str | None:
+    value = getattr(settings, "analyst_database_url", None)
+    if value is None:
+        value = AnalystDbSettings().analyst_database_url
+    if value is None:
+        return None
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Keyset position: the (ts, prediction_id) of the last row of the previous page."""
+
+    ts: datetime
+    prediction_id: uuid.UUID
+
+    def encode(self) -> str:
+        return f"{self.ts.isoformat()}_{self.prediction_id}"
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        ts, _, pid = text.rpartition("_")
+        stamp = datetime.fromisoformat(ts)
+        if stamp.tzinfo is None:
+            raise ValueError("cursor timestamp without timezone")
+        return cls(stamp, uuid.UUID(pid))
+
+
+class MonitoringStore:
+    def __init__(self, dsn: str, *, max_size: int = 4, timeout_s: float = 5.0) -> None:
+        self._dsn = dsn
+        self._max_size = max_size
+        self._timeout_s = timeout_s
+        self._pool: ConnectionPool[Any] | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> ConnectionPool[Any]:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self._dsn,
+                    min_size=1,
+                    max_size=self._max_size,
+                    timeout=self._timeout_s,
+                    open=True,
+                    kwargs={
+                        "options": "-c statement_timeout=15000 -c default_transaction_read_only=on"
+                    },
+                )
+            return self._pool
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+    def _fetch(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        with self._get().connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(query.encode(), params)
+            return list(cur.fetchall())
+
+    def latency(
+        self, since: datetime, until: datetime, model_version: str | None
+    ) -> dict[str, Any]:
+        rows = self._fetch(
+            "SELECT count(*) AS n,"
+            " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_s) AS q,"
+            " max(latency_s) AS max"
+            " FROM predictions WHERE ts >= %(since)s AND ts < %(until)s"
+            " AND (%(v)s::text IS NULL OR model_version = %(v)s)",
+            {"since": since, "until": until, "v": model_version},
+        )
+        row = rows[0]
+        q = row["q"] or [None, None, None]
+        return {"count": int(row["n"]), "p50_s": q[0], "p95_s": q[1], "p99_s": q[2],
+                "max_s": row["max"]}  # fmt: skip
+
+    def recent(
+        self,
+        *,
+        limit: int,
+        cursor: Cursor | None,
+        model_version: str | None,
+        entity_type: str | None,
+        entity_id: str | None,
+        lookback: timedelta,
+        now: datetime,
+    ) -> tuple[list[dict[str, Any]], Cursor | None]:
+        """Newest first, keyset-paginated on (ts, prediction_id); bounded by ``lookback``."""
+        rows = self._fetch(
+            "SELECT prediction_id, ts, model_name, model_version, entity_type, entity_id,"
+            " features, prediction, probability, latency_s, trace_id, request_id"
+            " FROM predictions"
+            " WHERE ts >= %(floor)s AND ts < %(now)s"
+            " AND (%(cts)s::timestamptz IS NULL OR (ts, prediction_id) < (%(cts)s, %(cid)s::uuid))"
+            " AND (%(v)s::text IS NULL OR model_version = %(v)s)"
+            " AND (%(et)s::text IS NULL OR entity_type = %(et)s)"
+            " AND (%(ei)s::text IS NULL OR entity_id = %(ei)s)"
+            " ORDER BY ts DESC, prediction_id DESC LIMIT %(limit)s",
+            {
+                "floor": now - lookback, "now": now,
+                "cts": cursor.ts if cursor else None,
+                "cid": cursor.prediction_id if cursor else None,
+                "v": model_version, "et": entity_type, "ei": entity_id, "limit": limit,
+            },
+        )  # fmt: skip
+        out = [
+            {**r, "prediction_id": str(r["prediction_id"]), "ts": r["ts"].isoformat()} for r in rows
+        ]
+        nxt = Cursor(rows[-1]["ts"], rows[-1]["prediction_id"]) if len(rows) == limit else None
+        return out, nxt
+
+    def distribution(
+        self, since: datetime, until: datetime, model_version: str | None, bins: int
+    ) -> dict[str, Any]:
+        rows = self._fetch(
+            "SELECT prediction, least(width_bucket(probability, 0, 1, %(bins)s), %(bins)s) AS b,"
+            " count(*) AS n FROM predictions"
+            " WHERE ts >= %(since)s AND ts < %(until)s"
+            " AND (%(v)s::text IS NULL OR model_version = %(v)s)"
+            " GROUP BY 1, 2",
+            {"since": since, "until": until, "v": model_version, "bins": bins},
+        )
+        classes: dict[str, int] = {}
+        hist = [0] * bins
+        for r in rows:
+            classes[str(r["prediction"])] = classes.get(str(r["prediction"]), 0) + int(r["n"])
+            hist[max(int(r["b"]), 1) - 1] += int(r["n"])
+        total = sum(classes.values())
+        return {
+            "count": total,
+            "classes": {k: {"count": v, "share": v / total} for k, v in sorted(classes.items())},
+            "probability_histogram": [
+                {"lower": i / bins, "upper": (i + 1) / bins, "count": hist[i]} for i in range(bins)
+            ],
+        }

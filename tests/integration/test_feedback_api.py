@@ -1,0 +1,264 @@
+"""POST /v1/feedback and GET /v1/monitoring/* against the real writer and Postgres.
+
+The app runs with the real ``PostgresAuditWriter`` (writer role) and the analyst
+role for reads, on the throwaway cluster of tests/fixtures/pg.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from opentelemetry.metrics import NoOpMeterProvider
+from psycopg.types.json import Jsonb
+
+from service.api.routes import feedback, monitoring
+from service.app import create_app
+from service.audit.writer import PostgresAuditWriter
+from service.inference import data
+from service.inference.loading import LoadedModel, load_model
+from service.inference.training import train_model
+from service.settings import Settings
+from tests.fixtures.pg import AuditDb
+
+pytestmark = pytest.mark.integration
+
+KEY = "analyst-key-for-tests-0123456789"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    out: Path = tmp_path_factory.mktemp("models")
+    meta = train_model(out, version="fb-1", estimator="logreg", n_rows=4_000, seed=3)
+    return load_model(out / meta.name / meta.version)
+
+
+class App:
+    def __init__(self, client: TestClient, writer: PostgresAuditWriter, db: AuditDb) -> None:
+        self.client = client
+        self.writer = writer
+        self.db = db
+
+    def flush(self) -> None:
+        assert self.writer.wait_idle(20.0)
+
+    def analyst(self, query: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.db.analyst_dsn) as conn:
+            return list(conn.execute(query.encode(), params).fetchall())
+
+
+@pytest.fixture
+def app(
+    audit_db: AuditDb, model: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[App]:
+    monkeypatch.setenv("INFERWATCH_ANALYST_DATABASE_URL", audit_db.analyst_dsn)
+    settings = Settings(
+        environment="test", otlp_enabled=False, telemetry_enabled=False,
+        analyst_api_key=KEY,
+    )  # fmt: skip
+    writer = PostgresAuditWriter(
+        dsn=audit_db.writer_dsn, spool_dir=tmp_path / "spool",
+        meter=NoOpMeterProvider().get_meter("test"), flush_interval_s=0.05,
+    )  # fmt: skip
+    application = create_app(
+        settings, model=model, audit_sink=writer,
+        extra_routers=[feedback.router, monitoring.router],
+    )  # fmt: skip
+    with TestClient(application, raise_server_exceptions=False) as client:
+        yield App(client, writer, audit_db)
+        store = getattr(application.state, "monitoring_store", None)
+        if store is not None:
+            store.close()
+
+
+def _predict(app: App, n: int, entity_prefix: str, seed: int = 1) -> list[dict[str, Any]]:
+    rows, _ = data.generate_transactions(n, seed=seed)
+    out = []
+    for i, row in enumerate(rows):
+        r = app.client.post(
+            "/v1/predict",
+            json={"features": row, "entity": {"type": "txn", "id": f"{entity_prefix}{i}"}},
+        )
+        assert r.status_code == 200, r.text
+        out.append(r.json())
+    return out
+
+
+def test_feedback_before_the_prediction_is_flushed_still_joins(app: App) -> None:
+    pid = uuid.uuid4()
+    tag = uuid.uuid4().hex[:8]
+    r = app.client.post("/v1/feedback", json={"prediction_id": str(pid), "label": 1})
+    assert r.status_code == 202, r.text
+    r = app.client.post(
+        "/v1/feedback", json={"entity": {"type": "txn", "id": f"early-{tag}"}, "label": 1}
+    )
+    assert r.status_code == 202, r.text
+    app.flush()
+    # the outcome is stored although no prediction row exists yet: it waits, unmatched
+    assert app.analyst(
+        "SELECT count(*) FROM unmatched_outcomes WHERE prediction_id = %s", (pid,)
+    ) == [(1,)]
+    # now the prediction rows land (as a late flush of the writer would store them)
+    rows, _ = data.generate_transactions(2, seed=9)
+    with psycopg.connect(app.db.writer_dsn) as conn:
+        for k, (p, ent) in enumerate(((pid, None), (uuid.uuid4(), f"early-{tag}"))):
+            conn.execute(
+                "INSERT INTO predictions (prediction_id, ts, model_name, model_version,"
+                " entity_type, entity_id, features, prediction, probability, latency_s,"
+                " trace_id, span_id)"
+                " VALUES (%s, now(), 'card-fraud', 'late', %s, %s, %s, 0, 0.2, 0.001, '', '')",
+                (p, "txn" if ent else None, ent, Jsonb(rows[k])),
+            )
+    got = app.analyst(
+        "SELECT prediction_id, label, label_keyed_by FROM prediction_outcomes"
+        " WHERE model_version = 'late' AND label IS NOT NULL ORDER BY label_keyed_by"
+    )
+    assert len(got) == 2
+    assert {g[2] for g in got} == {"entity", "prediction_id"}
+    assert all(g[1] == 1 for g in got)
+
+
+def test_feedback_through_the_api_joins_idempotent_and_corrections(app: App) -> None:
+    tag = uuid.uuid4().hex[:8]
+    preds = _predict(app, 6, f"api-{tag}-")
+    body = {"outcomes": [
+        {"prediction_id": preds[0]["prediction_id"], "label": 0},
+        {"prediction_id": preds[1]["prediction_id"], "label": 1,
+         "observed_at": "2026-11-01T10:00:00+00:00"},
+        {"entity": {"type": "txn", "id": f"api-{tag}-2"}, "label": 1},
+    ]}  # fmt: skip
+    assert app.client.post("/v1/feedback", json=body).status_code == 202
+    assert app.client.post("/v1/feedback", json=body).status_code == 202  # a retry
+    app.flush()
+    ids = [uuid.UUID(p["prediction_id"]) for p in preds[:2]]
+    assert app.analyst("SELECT count(*) FROM outcomes WHERE prediction_id = ANY(%s)", (ids,)) == [
+        (2,)
+    ]
+    # correction: a different label later wins, the first stays as history
+    r = app.client.post(
+        "/v1/feedback", json={"prediction_id": preds[0]["prediction_id"], "label": 1}
+    )
+    assert r.status_code == 202
+    app.flush()
+    got = dict(
+        app.analyst(
+            "SELECT entity_id, label FROM prediction_outcomes WHERE entity_id LIKE %s",
+            (f"api-{tag}-%",),
+        )
+    )
+    assert got[f"api-{tag}-0"] == 1
+    assert got[f"api-{tag}-1"] == 1
+    assert got[f"api-{tag}-2"] == 1
+    assert got[f"api-{tag}-3"] is None
+    versions = app.analyst(
+        "SELECT label_versions FROM prediction_outcomes WHERE prediction_id = %s", (ids[0],)
+    )
+    assert versions == [(2,)]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"label": 1}, "prediction_id"),
+        ({"prediction_id": str(uuid.uuid4()), "entity": {"type": "t", "id": "x"}, "label": 1},
+         "prediction_id"),
+        ({"prediction_id": "not-a-uuid", "label": 1}, "prediction_id"),
+        ({"prediction_id": str(uuid.uuid4()), "label": 2}, "label"),
+        ({"prediction_id": str(uuid.uuid4()), "label": True}, "label"),
+        ({"prediction_id": str(uuid.uuid4()), "label": 0.5}, "label"),
+        ({"prediction_id": str(uuid.uuid4())}, "label"),
+        ({"entity": {"type": "t"}, "label": 0}, "entity.id"),
+        ({"entity": {"type": "t", "id": "a\x00b"}, "label": 0}, "entity.id"),
+        ({"entity": "x", "label": 0}, "entity"),
+        ({"prediction_id": str(uuid.uuid4()), "label": 1, "observed_at": "yesterday"},
+         "observed_at"),
+        ({"prediction_id": str(uuid.uuid4()), "label": 1, "observed_at": "2026-01-01T00:00:00"},
+         "observed_at"),
+        ({"prediction_id": str(uuid.uuid4()), "label": 1, "observed_at": "2999-01-01T00:00:00Z"},
+         "observed_at"),
+        ({"prediction_id": str(uuid.uuid4()), "label": 1, "extra": 1}, "extra"),
+        ({"outcomes": []}, "outcomes"),
+        ({"outcomes": [{"label": 1}]}, "outcomes[0].prediction_id"),
+        ([1, 2], "body"),
+    ],
+)  # fmt: skip
+def test_feedback_rejects_bad_input_with_a_clear_4xx(app: App, body: Any, field: str) -> None:
+    r = app.client.post("/v1/feedback", json=body)
+    assert r.status_code == 422, r.text
+    assert field in {d["field"] for d in r.json()["detail"]}
+
+
+def test_feedback_malformed_and_oversized(app: App) -> None:
+    r = app.client.post(
+        "/v1/feedback", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400
+    big = {"outcomes": [{"prediction_id": str(uuid.uuid4()), "label": 1}] * 300}
+    r = app.client.post("/v1/feedback", json=big)
+    assert r.status_code == 422
+    assert r.json()["error"] == "batch_too_large"
+
+
+@pytest.mark.parametrize("path", ["/v1/monitoring/latency", "/v1/monitoring/predictions",
+                                  "/v1/monitoring/distribution"])  # fmt: skip
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": KEY + "x"}])
+def test_monitoring_requires_the_analyst_key(app: App, path: str, headers: dict[str, str]) -> None:
+    r = app.client.get(path, headers=headers)
+    assert r.status_code == 401
+    assert r.json()["error"] == "unauthorized"
+
+
+def test_monitoring_answers_from_the_audit_table(app: App) -> None:
+    tag = uuid.uuid4().hex[:8]
+    preds = _predict(app, 25, f"mon-{tag}-", seed=4)
+    app.flush()
+    h = {"X-API-Key": KEY}
+    version = preds[0]["model_version"]
+    # exact percentiles over the window equal numpy's linear interpolation
+    since = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()
+    r = app.client.get("/v1/monitoring/latency", headers=h,
+                       params={"model_version": version, "since": since})  # fmt: skip
+    assert r.status_code == 200, r.text
+    lat = app.analyst(
+        "SELECT latency_s FROM predictions WHERE model_version = %s AND ts >= %s",
+        (version, datetime.fromisoformat(since)),
+    )
+    values = np.array([v[0] for v in lat])
+    body = r.json()
+    assert body["count"] == len(values)
+    assert body["p99_s"] == pytest.approx(float(np.quantile(values, 0.99)), rel=1e-12)
+    assert body["p50_s"] == pytest.approx(float(np.quantile(values, 0.5)), rel=1e-12)
+    # keyset pagination over one entity prefix: every row once, newest first
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 7, "model_version": version}
+        if cursor:
+            params["cursor"] = cursor
+        page = app.client.get("/v1/monitoring/predictions", headers=h, params=params).json()
+        seen += [p["prediction_id"] for p in page["predictions"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    mine = {p["prediction_id"] for p in preds}
+    assert mine <= set(seen)
+    assert len(seen) == len(set(seen))
+    params = {"entity_type": "txn", "entity_id": f"mon-{tag}-3"}
+    one = app.client.get("/v1/monitoring/predictions", headers=h, params=params).json()
+    assert [p["prediction_id"] for p in one["predictions"]] == [preds[3]["prediction_id"]]
+    assert one["predictions"][0]["features"]["merchant_category"]
+    dist = app.client.get("/v1/monitoring/distribution", headers=h,
+                          params={"model_version": version, "bins": 5}).json()  # fmt: skip
+    assert dist["count"] == sum(b["count"] for b in dist["probability_histogram"])
+    assert dist["count"] >= 25
+    assert app.client.get("/v1/monitoring/predictions", headers=h,
+                          params={"cursor": "garbage"}).status_code == 422  # fmt: skip
+    assert app.client.get("/v1/monitoring/predictions", headers=h,
+                          params={"limit": 0}).status_code == 422  # fmt: skip
