@@ -40,6 +40,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
@@ -108,6 +109,7 @@ class PostgresAuditWriter:
         flush_interval_s: float = 0.5,
         connect_timeout_s: float = 2.0,
         segment_bytes: int | None = None,
+        copy_workers: int = 2,
         pool_factory: Callable[[str], ConnectionPool[Any]] | None = None,
     ) -> None:
         self._dsn = dsn
@@ -124,7 +126,12 @@ class PostgresAuditWriter:
         self._deadline = float("inf")
         self._thread: threading.Thread | None = None
         self._pool: ConnectionPool[Any] | None = None
-        self._inflight: list[AuditRecord] = []
+        # batches handed to the COPY workers and not yet committed or spooled
+        self._inflight: dict[int, list[AuditRecord]] = {}
+        self._batch_seq = 0
+        self._copy_workers = max(1, copy_workers)
+        self._slots = threading.BoundedSemaphore(self._copy_workers)
+        self._executor: ThreadPoolExecutor | None = None
         self._closed = False
         self._retry_at = 0.0
         self._backoff_s = _BACKOFF_MIN_S
@@ -149,6 +156,9 @@ class PostgresAuditWriter:
         self.spool.open()
         if self._dsn is not None:
             self._pool = self._pool_factory(self._dsn)
+            self._executor = ThreadPoolExecutor(
+                self._copy_workers, thread_name_prefix="inferwatch-audit-copy"
+            )
         self._thread = threading.Thread(target=self._run, name="inferwatch-audit", daemon=True)
         self._thread.start()
 
@@ -178,7 +188,8 @@ class PostgresAuditWriter:
                 # the writer is stuck in Postgres: keep its batch and the queue on disk
                 # (replays are idempotent if the stuck batch commits after all)
                 log.warning("audit writer did not stop in %.1fs; spooling what is left", timeout_s)
-                self._spool_records(list(self._inflight))
+                for batch in list(self._inflight.values()):
+                    self._spool_records(batch)
                 self._spool_records(self._take_all())
         else:
             with contextlib.suppress(OSError):
@@ -187,6 +198,8 @@ class PostgresAuditWriter:
         with contextlib.suppress(OSError):
             self.spool.sync()
         self.spool.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
         if self._pool is not None:
             self._pool.close(timeout=1.0)
 
@@ -201,6 +214,7 @@ class PostgresAuditWriter:
                 while self._q:
                     self._handle_batch(self._take(self._batch_size))
                 if self._stop.is_set():
+                    self._wait_workers()
                     break
                 self._maybe_replay()
                 now = time.monotonic()
@@ -230,16 +244,30 @@ class PostgresAuditWriter:
         return self._take(len(self._q) + 1_000_000)
 
     def _handle_batch(self, batch: list[AuditRecord]) -> None:
+        """Encode on this thread, COPY on a worker: encoding overlaps the server's work."""
         if not batch:
             return
-        self._inflight = batch
+        self._ins.enqueued.add(len(batch))
+        if self._pool is None or self._executor is None or not self._db_may_work():
+            self._spool_records(batch)
+            return
+        self._slots.acquire()  # at most copy_workers batches in flight: back-pressure
+        self._batch_seq += 1
+        seq = self._batch_seq
+        self._inflight[seq] = batch
         try:
-            self._ins.enqueued.add(len(batch))
-            if self._pool is None or not self._db_may_work():
-                self._spool_records(batch)
-                return
             by_kind = self._encode(batch)
+            self._executor.submit(self._commit_batch, seq, by_kind)
+        except BaseException:
+            self._inflight.pop(seq, None)
+            self._slots.release()
+            raise
+
+    def _commit_batch(self, seq: int, by_kind: dict[int, list[enc.Encoded]]) -> None:
+        """On a COPY worker: one batch into Postgres, or into the spool if it cannot."""
+        try:
             t0 = time.perf_counter()
+            n = sum(len(items) for items in by_kind.values())
             try:
                 for kind, items in by_kind.items():
                     fresh = kind == enc.KIND_PREDICTION
@@ -251,9 +279,20 @@ class PostgresAuditWriter:
                 return
             self._db_ok()
             self._ins.batch_duration.record(time.perf_counter() - t0)
-            self._ins.written.add(len(batch))
+            self._ins.written.add(n)
+        except Exception:
+            log.exception("audit COPY worker error; spooling its batch")
+            for kind, items in by_kind.items():
+                self._spool_encoded(kind, items)
         finally:
-            self._inflight = []
+            self._inflight.pop(seq, None)
+            self._slots.release()
+
+    def _wait_workers(self) -> None:
+        for _ in range(self._copy_workers):
+            self._slots.acquire()
+        for _ in range(self._copy_workers):
+            self._slots.release()
 
     def _maybe_replay(self) -> None:
         if self._pool is None or not self.spool.pending_records or not self._db_may_work():
@@ -283,8 +322,8 @@ class PostgresAuditWriter:
     def _default_pool(self, dsn: str) -> ConnectionPool[Any]:
         pool: ConnectionPool[Any] = ConnectionPool(
             dsn,
-            min_size=1,
-            max_size=1,
+            min_size=self._copy_workers,
+            max_size=self._copy_workers,
             open=False,
             name="inferwatch-audit",
             kwargs={

@@ -1,0 +1,203 @@
+"""bench/audit: the audit writer's COPY path vs one autocommit INSERT per row, one run.
+
+    .venv/bin/python -m bench.audit [--rows 200000] [--insert-rows 5000]
+
+Starts a throwaway Postgres cluster (tests/fixtures/pg.py: Debian's Postgres
+binaries, as the postgres user, loopback), creates the audit schema with the
+migrations, then measures on the same machine, same table, same 20-float JSONB
+payload (plus a categorical and an entity id):
+
+1. the request-path cost of ``submit`` (P50/P99 µs, while the writer drains);
+2. rows/s through the writer: submit N records, time until all are committed
+   (fresh batches: binary COPY straight into the partitioned table);
+3. rows/s of a spool replay (the idempotent path: COPY into a TEMP staging table,
+   then INSERT ... SELECT ... ON CONFLICT DO NOTHING);
+4. rows/s of the common practice: one INSERT per prediction, autocommit;
+
+and prints the ratios, the absolute figures and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID
+
+import orjson
+import psycopg
+import uuid_utils
+from opentelemetry.sdk.metrics import MeterProvider
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service.audit.records import PredictionRecord
+from service.audit.writer import PostgresAuditWriter
+from tests.fixtures.pg import create_audit_db, start_cluster
+
+FEATURES = [f"feature_{i:02d}" for i in range(20)]
+
+
+def make_records(n: int, seed: int = 1) -> list[PredictionRecord]:
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(n):
+        out.append(
+            PredictionRecord(
+                prediction_id=UUID(bytes=uuid_utils.uuid7().bytes),
+                ts=datetime.now(UTC),
+                model_name="card-fraud",
+                model_version="2026.11.22",
+                features={f: rnd.uniform(0, 5000) for f in FEATURES} | {"mcc": "grocery"},
+                prediction=rnd.random() < 0.02,
+                probability=rnd.random(),
+                latency_s=rnd.uniform(5e-5, 5e-4),
+                trace_id=f"{rnd.getrandbits(128):032x}",
+                span_id=f"{rnd.getrandbits(64):016x}",
+                entity_type="account",
+                entity_id=f"acct-{rnd.randrange(1_000_000)}",
+                request_id=None,
+            )
+        )
+    return out
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def bench_writer(
+    dsn: str, records: list[PredictionRecord], spool: Path
+) -> tuple[float, list[float]]:
+    """(rows/s through the writer, per-submit costs in µs)."""
+    w = PostgresAuditWriter(
+        dsn=dsn, spool_dir=spool, meter=MeterProvider().get_meter("bench"),
+        queue_size=len(records) + 1, batch_size=2_000, flush_interval_s=0.05,
+    )  # fmt: skip
+    w.start()
+    time.sleep(0.5)  # pool connected
+    costs = []
+    clock = time.perf_counter_ns
+    t0 = time.perf_counter()
+    for r in records:
+        a = clock()
+        w.submit(r)
+        costs.append((clock() - a) / 1000)
+    if not w.wait_idle(600):
+        raise RuntimeError("writer did not drain")
+    elapsed = time.perf_counter() - t0
+    spooled = w.spool.pending_records
+    w.close(30)
+    if spooled:
+        raise RuntimeError(f"{spooled} records were spooled during the run")
+    return len(records) / elapsed, costs
+
+
+def bench_replay(dsn: str, records: list[PredictionRecord], spool: Path) -> float:
+    meter = MeterProvider().get_meter("bench")
+    w = PostgresAuditWriter(dsn=None, spool_dir=spool, meter=meter, queue_size=len(records) + 1)
+    w.start()
+    for r in records:
+        w.submit(r)
+    w.close(600)  # everything goes to the spool
+    w = PostgresAuditWriter(dsn=dsn, spool_dir=spool, meter=meter, flush_interval_s=0.05)
+    t0 = time.perf_counter()
+    w.start()
+    if not w.wait_idle(600):
+        raise RuntimeError("replay did not finish")
+    elapsed = time.perf_counter() - t0
+    w.close(30)
+    return len(records) / elapsed
+
+
+def bench_insert(dsn: str, records: list[PredictionRecord]) -> tuple[float, float]:
+    """(rows/s, p50 µs) of one autocommit INSERT per row (stdlib-free: orjson payloads)."""
+    lat = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        sql = (
+            "INSERT INTO predictions (prediction_id, ts, model_name, model_version, entity_type,"
+            " entity_id, features, prediction, probability, latency_s, trace_id, span_id,"
+            " request_id) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s)"
+        )
+        conn.execute("SELECT 1")
+        t0 = time.perf_counter()
+        for r in records:
+            a = time.perf_counter()
+            conn.execute(
+                sql,
+                (
+                    r.prediction_id, r.ts, r.model_name, r.model_version, r.entity_type,
+                    r.entity_id, orjson.dumps(r.features).decode(), int(r.prediction),
+                    r.probability, r.latency_s, r.trace_id, r.span_id, r.request_id,
+                ),
+            )  # fmt: skip
+            lat.append((time.perf_counter() - a) * 1e6)
+        elapsed = time.perf_counter() - t0
+    return len(records) / elapsed, statistics.median(lat)
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rows", type=int, default=200_000, help="records through the writer")
+    ap.add_argument("--insert-rows", type=int, default=5_000, help="rows for the per-row INSERT")
+    args = ap.parse_args()
+
+    cluster = start_cluster()
+    try:
+        db = create_audit_db(cluster, "inferwatch_bench")
+        with psycopg.connect(db.admin_dsn) as conn:
+            pg = conn.execute("SHOW server_version").fetchone()
+        print(f"machine: {machine()}; Postgres {pg[0] if pg else '?'} on loopback (fsync on)")
+        print(
+            f"payload: {len(FEATURES)} floats + 1 string as JSONB; table: predictions "
+            "(partitioned by day, PK, BRIN(ts), entity and trace_id indexes)"
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            writer_rps, costs = bench_writer(
+                db.writer_dsn, make_records(args.rows, 1), Path(tmp) / "w"
+            )
+            replay_rps = bench_replay(
+                db.writer_dsn, make_records(args.rows // 2, 2), Path(tmp) / "r"
+            )
+        insert_rps, insert_p50 = bench_insert(db.writer_dsn, make_records(args.insert_rows, 3))
+    finally:
+        cluster.destroy()
+
+    p50, p99 = pct(costs, 0.50), pct(costs, 0.99)
+    print()
+    print(f"{'path':58s} {'rows/s':>10s}")
+    print(f"{'writer: submit -> queue -> binary COPY (fresh batches)':58s} {writer_rps:>10,.0f}")
+    print(f"{'writer: spool replay, staging + ON CONFLICT DO NOTHING':58s} {replay_rps:>10,.0f}")
+    print(f"{f'one INSERT per row, autocommit (p50 {insert_p50:.0f} us)':58s} {insert_rps:>10,.0f}")
+    print()
+    print(f"ratio writer / per-row INSERT:  {writer_rps / insert_rps:6.1f}x   (target >= 30x)")
+    print(f"ratio replay / per-row INSERT:  {replay_rps / insert_rps:6.1f}x")
+    print(f"writer rows/s vs 150k target:   {writer_rps / 150_000:6.2f}")
+    print(
+        f"submit() cost on the request path: P50 {p50:.2f} us, P99 {p99:.2f} us, "
+        f"max {max(costs):.0f} us over {len(costs):,} calls   (target P99 < 20 us)"
+    )
+
+
+if __name__ == "__main__":
+    main()
