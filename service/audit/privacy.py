@@ -7,8 +7,9 @@ group and join on it, but cannot read it back without the key). The key ``"*"``
 sets the rule for every feature not named (default ``keep``), so
 ``{"*": "drop", "amount": "keep"}`` is an allow-list.
 
-A hashed value's bytes are its UTF-8 text for strings and its JSON for anything
-else, so ``1`` and ``"1"`` hash differently.
+A hashed value's bytes are its compact JSON text (``"grocery"`` with the quotes,
+``1``, ``true``), so ``1`` and ``"1"`` hash differently; an analyst with the key
+reproduces a hash with ``hmac(key, json.dumps(v, separators=(",", ":")))``.
 """
 
 from __future__ import annotations
@@ -38,12 +39,10 @@ class PrivacyPolicy:
         self.is_identity = self._default == "keep" and not self._rules
 
     def hash_value(self, value: Any) -> str:
-        data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else None
-        if data is None:
-            try:
-                data = orjson.dumps(value)
-            except TypeError:
-                data = repr(value).encode("utf-8", "surrogatepass")
+        try:
+            data = orjson.dumps(value)
+        except (TypeError, orjson.JSONEncodeError):  # lone surrogates, huge ints, ...
+            data = repr(value).encode("utf-8", "surrogatepass")
         return hmac.new(self._key, data, hashlib.sha256).hexdigest()
 
     def apply(self, features: Mapping[str, Any]) -> dict[str, Any]:
