@@ -1,0 +1,155 @@
+"""End to end: ``inferwatch load`` traffic through the app into Postgres, then ``inferwatch drift``.
+
+The load generator drives the real app (in-process transport) with the real audit
+writer; the drift command reads the window back as the analyst role.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import typer
+from fastapi.testclient import TestClient
+from opentelemetry.metrics import NoOpMeterProvider
+from typer.testing import CliRunner
+
+from service.analysis import cli
+from service.analysis.load import LoadConfig, LoadError, check_loopback, run_load
+from service.api.routes import feedback
+from service.app import create_app
+from service.audit.writer import PostgresAuditWriter
+from service.inference.loading import LoadedModel, load_model
+from service.inference.training import train_model
+from service.settings import Settings
+from tests.fixtures.pg import AuditDb
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out: Path = tmp_path_factory.mktemp("models")
+    meta = train_model(out, version="cli-1", estimator="logreg", n_rows=40_000, seed=5)
+    return out / meta.name / meta.version
+
+
+@pytest.fixture(scope="module")
+def stream(
+    audit_db: AuditDb, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """1200 clean predictions, then 1200 shifted ones, half of them labeled."""
+    model: LoadedModel = load_model(model_dir)
+    writer = PostgresAuditWriter(
+        dsn=audit_db.writer_dsn, spool_dir=tmp_path_factory.mktemp("spool"),
+        meter=NoOpMeterProvider().get_meter("test"), flush_interval_s=0.05,
+    )  # fmt: skip
+    settings = Settings(environment="test", otlp_enabled=False, telemetry_enabled=False)
+    app = create_app(settings, model=model, audit_sink=writer, extra_routers=[feedback.router])
+    marks: dict[str, Any] = {}
+    with TestClient(app) as client:
+        marks["t0"] = datetime.now(UTC)
+        clean = run_load(
+            LoadConfig(rate=2_000, duration_s=0.6, label_fraction=0.5, label_delay_s=0.0, seed=3),
+            client=client, check_host=False, clock=(c := VirtualClock()), sleep=c.sleep,
+        )  # fmt: skip
+        time.sleep(0.01)
+        marks["t1"] = datetime.now(UTC)
+        shifted = run_load(
+            LoadConfig(rate=2_000, duration_s=0.6, drift_after_s=0.0, label_fraction=0.5,
+                       label_delay_s=0.0, seed=4),
+            client=client, check_host=False, clock=(c := VirtualClock()), sleep=c.sleep,
+        )  # fmt: skip
+        marks["t2"] = datetime.now(UTC)
+        assert writer.wait_idle(30.0)
+    marks["clean"], marks["shifted"] = clean, shifted
+    return marks
+
+
+class VirtualClock:
+    """Time that only moves when the generator sleeps: the run is paced, not slowed."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    cli.register(app)
+    return app
+
+
+def _drift(db: AuditDb, model_dir: Path, since: datetime, until: datetime, out: Path,
+           *extra: str) -> Any:  # fmt: skip
+    args = ["drift", "--model-version", "cli-1", "--since", since.isoformat(),
+            "--until", until.isoformat(), "--dsn", db.analyst_dsn, "--metadata", str(model_dir),
+            "--out-dir", str(out), *extra]  # fmt: skip
+    return CliRunner().invoke(_app(), args)
+
+
+def test_load_summary_counts(stream: dict[str, Any]) -> None:
+    clean, shifted = stream["clean"], stream["shifted"]
+    assert clean.sent == clean.ok == 1_200
+    assert clean.drifted == 0
+    assert shifted.ok == shifted.drifted == 1_200
+    assert 400 < clean.labels_posted < 800
+    assert clean.label_errors == 0
+
+
+def test_drift_cli_clean_window(audit_db: AuditDb, model_dir: Path, stream: dict[str, Any],
+                                tmp_path: Path) -> None:  # fmt: skip
+    r = _drift(audit_db, model_dir, stream["t0"], stream["t1"], tmp_path, "--json",
+               "--fail-on-drift")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["drift"]["rows"] == 1_200
+    assert doc["drift"]["drifted"] == []
+    assert doc["quality"]["labeled"] == stream["clean"].labels_posted
+    assert [Path(p).name for p in doc["plots"]] == ["summary.png"]
+
+
+def test_drift_cli_shifted_window(audit_db: AuditDb, model_dir: Path, stream: dict[str, Any],
+                                  tmp_path: Path) -> None:  # fmt: skip
+    r = _drift(audit_db, model_dir, stream["t1"], stream["t2"], tmp_path, "--fail-on-drift")
+    assert r.exit_code == 1, r.output
+    assert "DRIFT" in r.stdout
+    r = _drift(audit_db, model_dir, stream["t1"], stream["t2"], tmp_path, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert sorted(doc["drift"]["drifted"]) == ["distance_from_home_km", "merchant_category"]
+    assert doc["drift"]["dataset_drift"] is True
+    assert doc["quality"]["labeled"] == stream["shifted"].labels_posted
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "drift_distance_from_home_km.png", "drift_merchant_category.png", "summary.png",
+    ]  # fmt: skip
+
+
+def test_drift_cli_usage_errors(audit_db: AuditDb, model_dir: Path, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    r = _drift(audit_db, model_dir, now, now, tmp_path)
+    assert r.exit_code == 2
+    args = ["drift", "--model-version", "cli-1", "--since", "-1h", "--metadata", str(model_dir)]
+    r = CliRunner().invoke(_app(), args, env={cli.DSN_ENV: ""})
+    assert r.exit_code == 2
+
+
+def test_load_refuses_non_loopback_and_bad_bounds() -> None:
+    with pytest.raises(LoadError):
+        check_loopback("http://192.0.2.1:8000")
+    check_loopback("http://127.0.0.1:8000")
+    check_loopback("http://localhost:8000")
+    with pytest.raises(LoadError):
+        run_load(LoadConfig(rate=10_000), check_host=False, client=httpx.Client())
+    with pytest.raises(LoadError):
+        run_load(LoadConfig(duration_s=10_000), check_host=False, client=httpx.Client())
