@@ -55,7 +55,7 @@ def windows(slo: dict[str, Any]) -> list[str]:
 def recording_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
     job = f'job="{slo["service_job"]}"'
     lat = slo["latency"]
-    m, t = lat["metric"], _num(lat["threshold_seconds"])
+    m = lat["metric"]
     mv = "model_name, model_version"
     rules: list[dict[str, Any]] = [
         {
@@ -64,7 +64,7 @@ def recording_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
         }
     ]
     err = slo["errors"]
-    e, route, bad = err["metric"], err["route_matcher"], err["error_matcher"]
+    e = err["metric"]
     rules.append(
         {
             "record": "inferwatch:http_requests:rate5m",
@@ -150,8 +150,9 @@ def _alert(
 def _burn_expr(slo: dict[str, Any], series: str, severity: str) -> str:
     rows = [r for r in slo["burn_rates"] if r["severity"] == severity]
     parts = [
-        f"({series}{r['long']} > {_num(r['factor'])} and {series}{r['short']} > {_num(r['factor'])})"
+        f"({series}{r['long']} > {f} and {series}{r['short']} > {f})"
         for r in rows
+        for f in [_num(r["factor"])]
     ]
     return "\nor\n".join(parts)
 
@@ -227,8 +228,8 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
     ))
     rules.append(_alert(
         slo, "InferwatchAuditRecordsDropped",
-        f"sum by (job, instance) (increase(inferwatch_audit_dropped_total[{aud['dropped_window']}]))"
-        " > 0",
+        "sum by (job, instance) "
+        f"(increase(inferwatch_audit_dropped_total[{aud['dropped_window']}])) > 0",
         "page",
         "Audit records were lost",
         "Audit records were dropped by {{ $labels.instance }} in the last "
@@ -280,15 +281,14 @@ def rules_doc(slo: dict[str, Any]) -> dict[str, Any]:
 
 
 def _dump(doc: dict[str, Any]) -> str:
-    class Dumper(yaml.SafeDumper):
-        pass
+    """YAML with multi-line PromQL as literal blocks; a private dumper, not a global change."""
+    dumper = type("RulesDumper", (yaml.SafeDumper,), {})
 
-    def str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
-        style = "|" if "\n" in data else None
-        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+    def str_presenter(d: Any, data: str) -> Any:
+        return d.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
 
-    Dumper.add_representer(str, str_presenter)
-    return yaml.dump(doc, Dumper=Dumper, sort_keys=False, width=120)
+    dumper.add_representer(str, str_presenter)
+    return str(yaml.dump(doc, Dumper=dumper, sort_keys=False, width=120))
 
 
 def render(slo: dict[str, Any]) -> str:
@@ -300,6 +300,10 @@ TESTS_HEADER = """\
 # (exp_annotations filled in from the generated rules) -- do not edit by hand.
 # Run: promtool test rules prometheus/tests/alerts_test.yml
 """
+
+
+def _render_labels(template: str, labels: dict[str, str]) -> str:
+    return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: str(labels.get(m[1], "")), template)
 
 
 def render_tests(slo: dict[str, Any], scenarios: dict[str, Any]) -> str:
@@ -317,8 +321,7 @@ def render_tests(slo: dict[str, Any], scenarios: dict[str, Any]) -> str:
                 if key not in templates:
                     raise SystemExit(f"scenario '{test['name']}': no alert {key}")
                 exp["exp_annotations"] = {
-                    k: re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: str(labels.get(m[1], "")), v)
-                    for k, v in templates[key].items()
+                    k: _render_labels(v, labels) for k, v in templates[key].items()
                 }
     return TESTS_HEADER + _dump(out)
 
