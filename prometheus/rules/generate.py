@@ -282,10 +282,11 @@ def rules_doc(slo: dict[str, Any]) -> dict[str, Any]:
 
 def _dump(doc: dict[str, Any]) -> str:
     """YAML with multi-line PromQL as literal blocks; a private dumper, not a global change."""
-    dumper = type("RulesDumper", (yaml.SafeDumper,), {})
+    dumper: Any = type("RulesDumper", (yaml.SafeDumper,), {})
 
     def str_presenter(d: Any, data: str) -> Any:
-        return d.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
+        style = "|" if "\n" in data else None
+        return d.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
     dumper.add_representer(str, str_presenter)
     return str(yaml.dump(doc, Dumper=dumper, sort_keys=False, width=120))
