@@ -72,7 +72,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
         if self.inject_latency_s and self.environment not in ("development", "test"):
-            raise ValueError("inject_latency_s is a test-only switch; refused in " + self.environment)
+            raise ValueError(
+                "inject_latency_s is a test-only switch; refused in " + self.environment
+            )
         if any(p == "hash" for p in self.audit_privacy.values()) and self.audit_hmac_key is None:
             raise ValueError("audit_privacy uses 'hash' but INFERWATCH_AUDIT_HMAC_KEY is unset")
         if self.environment == "production":

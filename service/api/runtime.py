@@ -1,0 +1,52 @@
+"""Everything a request needs, built once per process in the lifespan.
+
+Routes read it from ``request.app.state.runtime``: the predictor, the validator,
+the instruments with their attribute sets precomputed (no per-request allocation of
+instruments or attribute dicts), the audit sink, and the readiness flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.util.types import Attributes
+
+from service.api.validation import InstanceValidator
+from service.audit.sink import AuditSink
+from service.inference.predictor import Predictor
+from service.settings import Settings
+from service.telemetry import instruments as names
+from service.telemetry.instruments import ServiceInstruments
+from service.telemetry.setup import Telemetry
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    predictor: Predictor
+    validator: InstanceValidator
+    telemetry: Telemetry
+    instruments: ServiceInstruments
+    audit: AuditSink
+    ready: bool = True
+    model_attrs: Attributes = field(init=False)
+    class_attrs: dict[int, Attributes] = field(init=False)
+    _reject_attrs: dict[str, Attributes] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        meta = self.predictor.metadata
+        base: dict[str, Any] = {
+            names.ATTR_MODEL_NAME: meta.name,
+            names.ATTR_MODEL_VERSION: meta.version,
+        }
+        self.model_attrs = {**base, names.ATTR_OUTCOME: "ok"}
+        self.class_attrs = {
+            c: {**base, names.ATTR_PREDICTION_CLASS: str(c)} for c in self.predictor.classes
+        }
+
+    def count_rejected(self, reason: str) -> None:
+        attrs = self._reject_attrs.get(reason)
+        if attrs is None:
+            attrs = self._reject_attrs[reason] = {names.ATTR_REJECT_REASON: reason}
+        self.instruments.rejected.add(1, attrs)

@@ -1,0 +1,188 @@
+"""The app factory: the only place where the concrete parts meet.
+
+``create_app(settings)`` builds the FastAPI app; its lifespan (once per process)
+loads the model, builds the telemetry providers, wires the single HTTP
+instrumentation, starts the audit writer, and on shutdown flushes the writer and
+the telemetry within bounded deadlines. Tests inject an in-memory span processor,
+metric reader, audit sink and a small model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.trace import SpanProcessor
+
+from service import __version__
+from service.api.errors import install_error_handlers
+from service.api.routes import health, predict
+from service.api.routes import model as model_routes
+from service.api.runtime import Runtime
+from service.api.validation import InstanceValidator, feature_json_schema
+from service.audit.sink import AuditSink
+from service.inference.loading import LoadedModel, find_model, load_model
+from service.inference.predictor import Predictor
+from service.settings import HttpInstrumentation, Settings
+from service.telemetry import instruments as names
+from service.telemetry.instruments import ServiceInstruments
+from service.telemetry.setup import Telemetry, build_telemetry
+
+log = logging.getLogger(__name__)
+
+# Scrapes and probes make no spans or HTTP metrics: they would drown the signal.
+UNTRACED_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+
+
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    return scope.get("path") in UNTRACED_PATHS
+
+
+class ModelNotFoundError(RuntimeError):
+    pass
+
+
+def resolve_model(settings: Settings) -> LoadedModel:
+    path = find_model(settings.model_dir, settings.model_name, settings.model_version)
+    if path is None:
+        raise ModelNotFoundError(
+            f"no model {settings.model_name!r} version {settings.model_version or '(newest)'} "
+            f"under {settings.model_dir}; run `inferwatch train` first"
+        )
+    return load_model(path)
+
+
+def _default_audit_sink(settings: Settings, telemetry: Telemetry) -> AuditSink:
+    from service.audit.factory import build_audit_sink
+
+    meter = telemetry.meter or NoOpMeterProvider().get_meter(names.SCOPE_NAME)
+    return build_audit_sink(settings, meter)
+
+
+def _wire_http_instrumentation(app: FastAPI, settings: Settings, telemetry: Telemetry) -> None:
+    """Exactly one HTTP server instrumentation (docs/decisions.md has the measurements)."""
+    mode = settings.http_instrumentation
+    if mode == HttpInstrumentation.FASTAPI_NATIVE and settings.telemetry_enabled:
+        # FastAPI reads its providers from this config on every request; providers
+        # are per process and only exist once the lifespan runs, so they are set here.
+        config = app._telemetry
+        config["tracer_provider"] = telemetry.tracer_provider
+        config["meter_provider"] = telemetry.meter_provider
+        config["tracing"] = True
+        config["metrics"] = True
+    elif mode == HttpInstrumentation.OTEL_CONTRIB and settings.telemetry_enabled:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=telemetry.tracer_provider,
+            meter_provider=telemetry.meter_provider,
+            excluded_urls=",".join(UNTRACED_PATHS),
+        )
+        app.middleware_stack = app.build_middleware_stack()
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    model: LoadedModel | None = None,
+    audit_sink: AuditSink | None = None,
+    span_processors: Sequence[SpanProcessor] | None = None,
+    metric_readers: Sequence[MetricReader] | None = None,
+    extra_routers: Sequence[Any] = (),
+    on_runtime: Callable[[Runtime], None] | None = None,
+) -> FastAPI:
+    """Build the app. Nothing is loaded or started until the lifespan runs."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = model or resolve_model(settings)
+        telemetry = build_telemetry(
+            settings, span_processors=span_processors, metric_readers=metric_readers
+        )
+        _wire_http_instrumentation(app, settings, telemetry)
+        meter = telemetry.meter or NoOpMeterProvider().get_meter(names.SCOPE_NAME)
+        sink = audit_sink or _default_audit_sink(settings, telemetry)
+        sink.start()
+        runtime = Runtime(
+            settings=settings,
+            predictor=Predictor(loaded),
+            validator=InstanceValidator(loaded.metadata.feature_schema, settings.max_string_length),
+            telemetry=telemetry,
+            instruments=ServiceInstruments.create(meter),
+            audit=sink,
+        )
+        app.state.runtime = runtime
+        app.state.model = loaded
+        app.state.audit_sink = sink
+        _install_openapi(app, runtime)
+        if on_runtime is not None:
+            on_runtime(runtime)
+        log.info(
+            "serving model %s version %s (instance %s)",
+            loaded.metadata.name,
+            loaded.metadata.version,
+            telemetry.resource.attributes.get("service.instance.id"),
+        )
+        try:
+            yield
+        finally:
+            runtime.ready = False
+            try:
+                sink.close(settings.audit_shutdown_timeout_s)
+            finally:
+                telemetry.shutdown(settings.telemetry_shutdown_timeout_s)
+
+    app = FastAPI(
+        title="inferwatch",
+        version=__version__,
+        summary="Card-fraud scoring, observable by construction",
+        lifespan=lifespan,
+        # One HTTP instrumentation: FastAPI's own, configured in the lifespan (it stays
+        # off until providers are set there). No operation spans or log records:
+        # one span per request, measured cheapest (docs/decisions.md).
+        telemetry={
+            "tracing": False,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "auto_configure": False,
+            "exclude": _untraced,
+        },
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(predict.router)
+    app.include_router(model_routes.router)
+    for router in extra_routers:
+        app.include_router(router)
+    return app
+
+
+def _install_openapi(app: FastAPI, runtime: Runtime) -> None:
+    """Request bodies in the OpenAPI document come from the model's feature schema."""
+    schema = feature_json_schema(
+        runtime.predictor.metadata.feature_schema, runtime.settings.max_string_length
+    )
+    bodies = predict.openapi_request_bodies(schema, runtime.settings.max_batch_size)
+    original = FastAPI.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = original(app)
+            for path, body in bodies.items():
+                doc["paths"][path]["post"]["requestBody"] = body
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi_schema = None
+    app.openapi = openapi  # type: ignore[method-assign]

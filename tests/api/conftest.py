@@ -1,0 +1,72 @@
+"""API test fixtures: a small model trained once per session, in-memory telemetry and audit.
+
+Every test gets its own app, span exporter, metric reader and audit sink: nothing
+global, nothing to clean up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from opentelemetry.sdk.metrics import Histogram
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from service.app import create_app
+from service.audit.sink import InMemoryAuditSink
+from service.inference.loading import LoadedModel, load_model
+from service.inference.training import train_model
+from service.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    out: Path = tmp_path_factory.mktemp("models")
+    meta = train_model(out, version="test-1", estimator="hgb", n_rows=6_000, seed=3)
+    return load_model(out / meta.name / meta.version)
+
+
+@dataclass
+class Harness:
+    client: TestClient
+    spans: InMemorySpanExporter
+    metrics: InMemoryMetricReader
+    audit: InMemoryAuditSink
+    model: LoadedModel
+
+
+def make_harness(model: LoadedModel, **overrides: object) -> Iterator[Harness]:
+    settings = Settings(environment="test", otlp_enabled=False, **overrides)  # type: ignore[arg-type]
+    spans = InMemorySpanExporter()
+    reader = InMemoryMetricReader(
+        preferred_aggregation={Histogram: ExponentialBucketHistogramAggregation()}
+    )
+    audit = InMemoryAuditSink()
+    app = create_app(
+        settings,
+        model=model,
+        audit_sink=audit,
+        span_processors=[SimpleSpanProcessor(spans)],
+        metric_readers=[reader],
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield Harness(client, spans, reader, audit, model)
+
+
+@pytest.fixture
+def harness(small_model: LoadedModel) -> Iterator[Harness]:
+    yield from make_harness(small_model)
+
+
+@pytest.fixture
+def valid_features(small_model: LoadedModel) -> dict[str, object]:
+    from service.inference.data import generate_transactions
+
+    rows, _ = generate_transactions(1, seed=11)
+    return rows[0]
