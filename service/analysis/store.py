@@ -14,10 +14,44 @@ from importlib import resources
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from service.analysis.drift import FeatureHistogram, FeatureReference, sql_spec
+from service.analysis.drift import (
+    FeatureHistogram,
+    FeatureReference,
+    NumericReference,
+    reference_buckets,
+)
 from service.analysis.quality import QualityCounts
+
+
+def _float_array(values: Sequence[float]) -> sql.Composable:
+    return sql.SQL("{}::float8[]").format(
+        sql.Literal("{" + ",".join(repr(float(v)) for v in values) + "}")
+    )
+
+
+def spec_values(refs: Sequence[FeatureReference]) -> sql.Composable:
+    """``(name, kind, edges, grid)`` rows as SQL literals (quoted by psycopg)."""
+    rows = []
+    for r in refs:
+        if isinstance(r, NumericReference):
+            kind, edges, grid = "numeric", _float_array(r.edges), _float_array(r.grid)
+        else:
+            kind, edges, grid = "categorical", sql.SQL("NULL::float8[]"), sql.SQL("NULL::float8[]")
+        rows.append(
+            sql.SQL("({}, {}, {}, {})").format(sql.Literal(r.name), sql.Literal(kind), edges, grid)
+        )
+    return sql.SQL(", ").join(rows)
+
+
+def reference_rows(refs: Sequence[FeatureReference]) -> list[dict[str, Any]]:
+    return [
+        {"name": r.name, "bucket": bucket, "p": p}
+        for r in refs
+        for bucket, p in reference_buckets(r).items()
+    ]
 
 
 @cache
@@ -38,14 +72,18 @@ def drift_histograms(
 ) -> tuple[dict[str, FeatureHistogram], int]:
     """Histograms (with PSI computed in SQL) per feature, and the window's row count."""
     params = {
-        "spec": Jsonb(sql_spec(refs)),
+        "reference": Jsonb(reference_rows(refs)),
         "model_version": model_version,
         "since": since,
         "until": until,
     }
+    query = sql.SQL(load_sql("drift_histograms.sql")).format(spec=spec_values(refs))
     hists: dict[str, FeatureHistogram] = {r.name: FeatureHistogram(r.name) for r in refs}
-    with conn.cursor() as cur:
-        cur.execute(load_sql("drift_histograms.sql").encode(), params)
+    with conn.transaction(), conn.cursor() as cur:
+        # a few hundred groups, but the planner cannot know it: hash, never sort the cells
+        cur.execute("SET LOCAL enable_sort = off")
+        cur.execute("SET LOCAL work_mem = '64MB'")
+        cur.execute(query, params)
         for name, bucket, gcell, n, total, psi in cur.fetchall():
             h = hists[name]
             n = int(n)

@@ -1,53 +1,39 @@
--- Drift histograms and PSI of one window of the audit table, in one scan.
+-- Drift histograms and PSI of one window of the audit table, in one parallel scan.
 --
--- Parameters: %(spec)s jsonb (service.analysis.drift.sql_spec: per feature its kind,
--- PSI edges + reference proportions, or reference frequencies, and the percentile
--- grid), %(model_version)s, %(since)s, %(until)s (ts in [since, until)).
+-- {spec} is a VALUES list composed by store.drift_histograms from the reference
+-- profile, one row per feature: (name, kind, PSI edges float8[], percentile grid
+-- float8[]), as literals so that the plan can run in parallel workers (a CTE or
+-- a parameter-built array would be parallel-restricted or recomputed per row).
+-- Parameters: %(reference)s jsonb [{{"name", "bucket", "p"}}] (reference proportions per
+-- PSI bucket), %(model_version)s, %(since)s, %(until)s (ts in [since, until)).
 --
 -- Output: one row per (feature, PSI bucket, grid cell) with its count and sum, plus
 -- the feature's PSI computed here, in Postgres. Bin i of a numeric value v is
 -- width_bucket(v, edges) = number of edges <= v (numpy searchsorted side="right").
--- Missing values (key absent, JSON null, or a non-number where a number is expected,
--- e.g. a feature hashed by the privacy policy) come back as rows with bucket NULL.
+-- Missing values (JSON null, or a non-number where a number is expected, e.g. a
+-- feature hashed by the privacy policy) come back as rows with bucket NULL; a key
+-- absent from a payload (dropped by the privacy policy) is simply not counted.
 -- PSI: sum over the union of reference and window buckets of
 --   (w - r) * ln(w / r), with w and r clipped below at 1e-4 (drift.PSI_EPSILON).
-WITH spec AS (
+-- The caller runs this with enable_sort off: Postgres cannot estimate the few
+-- hundred groups and would otherwise sort every (row, feature) cell.
+WITH hist AS (
     SELECT s.name,
-           s.kind,
-           CASE WHEN s.kind = 'numeric' THEN
-               ARRAY(SELECT e::float8 FROM jsonb_array_elements_text(s.edges) e) END AS edges,
-           CASE WHEN s.kind = 'numeric' THEN
-               ARRAY(SELECT g::float8 FROM jsonb_array_elements_text(s.grid) g) END AS grid,
-           s.proportions,
-           s.frequencies
-    FROM jsonb_to_recordset(%(spec)s::jsonb)
-         AS s(name text, kind text, edges jsonb, grid jsonb, proportions jsonb, frequencies jsonb)
-),
-win AS (
-    SELECT p.features
+           CASE WHEN s.kind = 'numeric' THEN width_bucket(c.x, s.edges)::text
+                ELSE c.raw END AS bucket,
+           CASE WHEN s.kind = 'numeric' THEN width_bucket(c.x, s.grid) END AS gcell,
+           count(*) AS n,
+           sum(c.x) AS total
     FROM predictions p
+    CROSS JOIN LATERAL jsonb_each(p.features) AS f
+    JOIN (VALUES {spec}) AS s (name, kind, edges, grid) ON s.name = f.key
+    CROSS JOIN LATERAL (
+        SELECT f.value #>> ARRAY[]::text[] AS raw,
+               CASE WHEN jsonb_typeof(f.value) = 'number'
+                    THEN (f.value #>> ARRAY[]::text[])::float8 END AS x
+    ) c
     WHERE p.model_version = %(model_version)s
       AND p.ts >= %(since)s AND p.ts < %(until)s
-),
-cell AS (
-    SELECT s.name,
-           s.kind,
-           v.j #>> '{}' AS raw,
-           CASE WHEN s.kind = 'numeric' AND jsonb_typeof(v.j) = 'number'
-                THEN (v.j #>> '{}')::float8 END AS x,
-           s.edges,
-           s.grid
-    FROM win
-    CROSS JOIN spec s
-    CROSS JOIN LATERAL (SELECT win.features -> s.name AS j) v
-),
-hist AS (
-    SELECT name,
-           CASE WHEN kind = 'numeric' THEN width_bucket(x, edges)::text ELSE raw END AS bucket,
-           CASE WHEN kind = 'numeric' THEN width_bucket(x, grid) END AS gcell,
-           count(*) AS n,
-           sum(x) AS total
-    FROM cell
     GROUP BY 1, 2, 3
 ),
 psi_window AS (
@@ -60,13 +46,8 @@ psi_total AS (
     SELECT name, sum(n) AS total FROM psi_window GROUP BY 1
 ),
 reference AS (
-    SELECT s.name, (o.ord - 1)::text AS bucket, o.p::float8 AS p
-    FROM spec s, jsonb_array_elements_text(s.proportions) WITH ORDINALITY AS o(p, ord)
-    WHERE s.kind = 'numeric'
-    UNION ALL
-    SELECT s.name, f.key, f.value::float8
-    FROM spec s, jsonb_each_text(s.frequencies) AS f
-    WHERE s.kind = 'categorical'
+    SELECT r.name, r.bucket, r.p
+    FROM jsonb_to_recordset(%(reference)s::jsonb) AS r (name text, bucket text, p float8)
 ),
 joined AS (
     SELECT coalesce(r.name, w.name) AS name,

@@ -1,0 +1,157 @@
+"""Benchmark: the SQL drift query (histograms + PSI for every feature) on N audit rows.
+
+    PYTHONPATH=. .venv/bin/python bench/drift.py --rows 1000000 10000000
+
+Starts a throwaway Postgres cluster (tests/fixtures/pg.py), applies the migrations,
+fills ``predictions`` with N rows generated inside Postgres (INSERT ... SELECT from
+generate_series, realistic JSONB payloads of the 16 card-fraud features), then runs
+the drift query over the whole window as the analyst role: one cold run (right
+after a restart of the cluster, OS cache left as it is) and three warm runs, and
+prints the timings beside the machine's description. The quality query (join with
+outcomes, 10% labeled) is timed the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from service.analysis import drift, store
+from service.inference import data
+from service.inference.training import card_fraud_schema, reference_profile
+from tests.fixtures.pg import create_audit_db, start_cluster
+
+# Realistic payloads generated in SQL (Box-Muller for normals; same shapes as data.py).
+_FILL = """
+INSERT INTO predictions (prediction_id, ts, model_name, model_version, entity_type, entity_id,
+                         features, prediction, probability, latency_s, trace_id, span_id)
+SELECT gen_random_uuid(),
+       %(t0)s::timestamptz + (g * %(step_us)s) * interval '1 microsecond',
+       'card-fraud', 'bench', 'transaction', 'b-' || g,
+       jsonb_build_object(
+         'amount', round((avg_amt * exp(0.6 * n2))::numeric, 2),
+         'amount_avg_30d', round(avg_amt::numeric, 2),
+         'hour_of_day', floor(random() * 24)::int,
+         'day_of_week', floor(random() * 7)::int,
+         'merchant_category', (ARRAY['grocery','gas','restaurant','travel','electronics',
+             'online_retail','entertainment','health','utilities','jewelry','atm_cash','other'])
+             [1 + floor(random() * 12)::int],
+         'channel', (ARRAY['pos','pos','pos','ecommerce','ecommerce','atm','phone'])
+             [1 + floor(random() * 7)::int],
+         'card_present', random() < 0.67,
+         'is_foreign', random() < 0.04,
+         'distance_from_home_km', round((-10 * ln(1 - random()))::numeric, 3),
+         'distance_from_last_txn_km', round((-6 * ln(1 - random()))::numeric, 3),
+         'seconds_since_last_txn', round((1 - 30000 * ln(1 - random()))::numeric, 1),
+         'txn_count_1h', floor(-ln(1 - random()) * 0.4)::int,
+         'txn_count_24h', floor(-ln(1 - random()) * 3.4)::int,
+         'account_age_days', 1 + floor(random() * 7299)::int,
+         'failed_pin_attempts_24h', (random() < 0.05)::int,
+         'credit_utilization', round((random() * random())::numeric, 4)),
+       (random() < 0.02)::int, random() * random() * random(), 0.0003, '', ''
+FROM (
+    SELECT g,
+           exp(3.8 + 0.7 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random())) AS avg_amt,
+           sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()) AS n2
+    FROM generate_series(%(lo)s, %(hi)s - 1) g
+) s
+"""
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.platform()}"
+
+
+def timed(fn: Any) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
+    ap.add_argument("--warm-runs", type=int, default=3)
+    args = ap.parse_args()
+    cols, _ = data.generate_arrays(50_000, seed=7)
+    refs = drift.parse_profile(reference_profile(card_fraud_schema(), cols))
+    cluster = start_cluster()
+    print(machine())
+    try:
+        db = create_audit_db(cluster, "bench")
+        with psycopg.connect(db.admin_dsn) as conn:
+            print(conn.execute("SELECT version()").fetchone()[0])  # type: ignore[index]
+            settings = conn.execute(
+                "SELECT string_agg(name || '=' || setting, ', ') FROM pg_settings WHERE name IN"
+                " ('shared_buffers', 'work_mem', 'max_parallel_workers_per_gather', 'jit')"
+            ).fetchone()
+            print("postgres settings:", settings[0] if settings else "?")  # type: ignore[index]
+        loaded = 0
+        t0 = datetime.now(UTC) - timedelta(hours=12)
+        span = timedelta(hours=11)
+        print(f"{'rows':>12} {'fill s':>8} {'table MB':>9} {'drift cold s':>13} "
+              f"{'drift warm s':>13} {'rows/s warm':>12} {'quality warm s':>15}")  # fmt: skip
+        for n in sorted(args.rows):
+            fill = 0.0
+            step_us = span.total_seconds() * 1e6 / n
+            with psycopg.connect(db.owner_dsn, autocommit=True) as conn:
+                conn.execute("TRUNCATE predictions, outcomes")
+                chunk = 1_000_000
+                for lo in range(0, n, chunk):
+                    hi = min(n, lo + chunk)
+                    fill += timed(lambda lo=lo, hi=hi: conn.execute(
+                        _FILL, {"t0": t0, "step_us": step_us, "lo": lo, "hi": hi}))  # fmt: skip
+                fill += timed(lambda: conn.execute(
+                    "INSERT INTO outcomes (prediction_id, label, received_at)"
+                    " SELECT prediction_id, prediction, ts + interval '3 days' FROM predictions"
+                    " WHERE random() < 0.1"))  # fmt: skip
+                fill += timed(lambda: conn.execute("VACUUM ANALYZE predictions"))
+                fill += timed(lambda: conn.execute("VACUUM ANALYZE outcomes"))
+                size = conn.execute("SELECT pg_total_relation_size('predictions_default') +"
+                                    " coalesce((SELECT sum(pg_total_relation_size(inhrelid))"
+                                    " FROM pg_inherits WHERE inhparent = 'predictions'::regclass),"
+                                    " 0)").fetchone()[0]  # type: ignore[index]  # fmt: skip
+            loaded = n
+            cluster.stop()
+            cluster.start()
+            since, until = t0, t0 + span + timedelta(minutes=1)
+
+            def run_drift() -> None:
+                with psycopg.connect(db.analyst_dsn) as c:
+                    hists, rows = store.drift_histograms(
+                        c, refs, model_version="bench", since=since, until=until
+                    )
+                    assert rows == loaded, (rows, loaded)
+
+            def run_quality() -> None:
+                with psycopg.connect(db.analyst_dsn) as c:
+                    q = store.quality_counts(
+                        c, model_version="bench", since=since, until=until, threshold=0.5
+                    )
+                    assert q.rows == loaded
+
+            cold = timed(run_drift)
+            warm = statistics.median(timed(run_drift) for _ in range(args.warm_runs))
+            qwarm = statistics.median(timed(run_quality) for _ in range(args.warm_runs))
+            print(f"{n:>12,} {fill:>8.1f} {int(size) / 2**20:>9.0f} {cold:>13.2f} {warm:>13.2f} "
+                  f"{n / warm:>12,.0f} {qwarm:>15.2f}", flush=True)  # fmt: skip
+    finally:
+        cluster.destroy()
+
+
+if __name__ == "__main__":
+    main()
