@@ -171,7 +171,59 @@ def load(
         raise typer.Exit(1)
 
 
+def analysis_job(
+    model_version: Annotated[str, typer.Option(help="Model version to watch")],
+    dsn: Annotated[
+        str | None, typer.Option(help=f"Analyst DSN (default: ${DSN_ENV})", show_default=False)
+    ] = None,
+    model_name: Annotated[str, typer.Option()] = "card-fraud",
+    model_dir: Annotated[Path, typer.Option()] = Path("models"),
+    metadata: Annotated[Path | None, typer.Option()] = None,
+    window: Annotated[str, typer.Option(help="Drift window, e.g. 1h")] = "1h",
+    quality_window: Annotated[str, typer.Option(help="Quality window (labels come late)")] = "7d",
+    interval: Annotated[str, typer.Option(help="Time between runs")] = "5m",
+    once: Annotated[bool, typer.Option(help="Run once, export, exit")] = False,
+    exclude: Annotated[list[str] | None, typer.Option(help="Feature to leave out")] = None,
+) -> None:
+    """Periodic drift + quality, exported as OTel gauges over OTLP (OTEL_* env)."""
+    import signal
+    import threading
+
+    from service.analysis.jobs import (
+        AnalysisGauges,
+        JobConfig,
+        meter_provider,
+        run_forever,
+        run_once,
+    )
+
+    dsn = dsn or os.environ.get(DSN_ENV)
+    if not dsn:
+        Console(stderr=True).print(f"[red]no database: pass --dsn or set {DSN_ENV}[/]")
+        raise typer.Exit(2)
+    meta = _metadata(model_dir, model_name, model_version, metadata)
+    now = parse_when("now")
+    cfg = JobConfig(
+        model_version=model_version, drift_window=now - parse_when("-" + window, now),
+        quality_window=now - parse_when("-" + quality_window, now),
+        interval=now - parse_when("-" + interval, now), exclude=tuple(exclude or ()),
+    )  # fmt: skip
+    provider = meter_provider()
+    gauges = AnalysisGauges(provider.get_meter("inferwatch.analysis"))
+    try:
+        if once:
+            run_once(dsn, meta, cfg, gauges)
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        run_forever(dsn, meta, cfg, gauges, stop)
+    finally:
+        provider.shutdown(timeout_millis=5_000)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``drift`` and ``load`` to the main ``inferwatch`` app."""
+    """Add ``drift``, ``load`` and ``analysis-job`` to the main ``inferwatch`` app."""
     app.command("drift")(drift)
     app.command("load")(load)
+    app.command("analysis-job")(analysis_job)

@@ -74,3 +74,16 @@ def analyse(
         until=until.isoformat(), rows=rows, exclude=exclude,
     )  # fmt: skip
     return AnalysisResult(report, quality_from_counts(counts, metadata.decision_threshold))
+
+
+def quality_only(
+    dsn: str, metadata: ModelMetadata, *, model_version: str, since: datetime, until: datetime
+) -> Quality:
+    """Quality of a window without its drift (the job looks further back for labels)."""
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
+        conn.read_only = True
+        counts = store.quality_counts(
+            conn, model_version=model_version, since=since, until=until,
+            threshold=metadata.decision_threshold,
+        )  # fmt: skip
+    return quality_from_counts(counts, metadata.decision_threshold)

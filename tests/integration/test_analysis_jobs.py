@@ -1,0 +1,85 @@
+"""The periodic analysis job exports drift and quality gauges from the real audit table."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from service.analysis.jobs import (
+    DRIFT_DATASET,
+    DRIFT_STATISTIC,
+    AnalysisGauges,
+    JobConfig,
+    meter_provider,
+    run_once,
+)
+from service.inference import data
+from service.inference.metadata import ModelMetadata
+from service.inference.training import card_fraud_schema, reference_profile
+from service.telemetry import instruments as names
+from tests.fixtures.pg import AuditDb
+from tests.integration.test_analysis_drift import insert_predictions
+
+pytestmark = pytest.mark.integration
+
+
+def _metadata() -> ModelMetadata:
+    cols, _ = data.generate_arrays(40_000, seed=11)
+    return ModelMetadata(
+        name="card-fraud", version="v-job", estimator="X", feature_schema=card_fraud_schema(),
+        classes=(0, 1), positive_class=1, decision_threshold=0.5, metrics={},
+        trained_at=datetime.now(UTC), training_seconds=0.0, training_rows=40_000, seed=11,
+        artifact="model.skops", artifact_sha256="0" * 64, artifact_format="skops",
+        reference_profile=reference_profile(card_fraud_schema(), cols),
+    )  # fmt: skip
+
+
+def _points(reader: InMemoryMetricReader) -> dict[str, list[tuple[float, dict[str, Any]]]]:
+    out: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+    data_ = reader.get_metrics_data()
+    assert data_ is not None
+    for rm in data_.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                for p in m.data.data_points:
+                    out.setdefault(m.name, []).append((p.value, dict(p.attributes or {})))  # type: ignore[union-attr]
+    return out
+
+
+def test_job_exports_drift_and_quality_gauges(audit_db: AuditDb) -> None:
+    rows, labels = data.generate_transactions(1_500, seed=77, drift=True)
+    rng = np.random.default_rng(1)
+    probs = np.clip(0.5 * labels + rng.beta(1, 8, len(labels)), 0, 1)
+    start = datetime.now(UTC) - timedelta(minutes=30)
+    ids = insert_predictions(
+        audit_db.writer_dsn, rows, model_version="v-job", start=start,
+        probabilities=probs.tolist(),
+    )  # fmt: skip
+    with psycopg.connect(audit_db.writer_dsn) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO outcomes (prediction_id, label, received_at) VALUES (%s, %s, now())",
+            [(ids[i], int(labels[i])) for i in range(0, len(ids), 3)],
+        )
+    reader = InMemoryMetricReader()
+    provider = meter_provider([reader])
+    gauges = AnalysisGauges(provider.get_meter("test"))
+    result = run_once(audit_db.analyst_dsn, _metadata(), JobConfig(model_version="v-job"), gauges)
+    points = _points(reader)
+    detected = {a["feature"]: v for v, a in points[names.DRIFT_DETECTED]}
+    assert {f for f, v in detected.items() if v == 1.0} == {
+        "distance_from_home_km", "merchant_category",
+    }  # fmt: skip
+    assert len(points[names.DRIFT_PSI]) == 16
+    assert {a["statistic"] for _, a in points[DRIFT_STATISTIC]} == {"wasserstein", "jensen_shannon"}
+    assert points[DRIFT_DATASET][0][0] == 1.0
+    ((coverage, attrs),) = points[names.QUALITY_LABEL_COVERAGE]
+    assert attrs == {"model_name": "card-fraud", "model_version": "v-job"}
+    assert coverage == pytest.approx(500 / 1_500)
+    ((precision, _),) = points[names.QUALITY_PRECISION]
+    assert precision == result.quality.precision
+    provider.shutdown()
