@@ -98,8 +98,8 @@ class AnalysisGauges:
 
     def update(self, meta: ModelMetadata, model_version: str, result: AnalysisResult) -> None:
         base = {
-            names.PROM_LABEL_MODEL_NAME: meta.name,
-            names.PROM_LABEL_MODEL_VERSION: model_version,
+            names.ATTR_MODEL_NAME: meta.name,
+            names.ATTR_MODEL_VERSION: model_version,
         }
         obs: dict[str, list[tuple[float, dict[str, str]]]] = {}
 

@@ -78,7 +78,7 @@ def test_job_exports_drift_and_quality_gauges(audit_db: AuditDb) -> None:
     assert {a["statistic"] for _, a in points[DRIFT_STATISTIC]} == {"wasserstein", "jensen_shannon"}
     assert points[DRIFT_DATASET][0][0] == 1.0
     ((coverage, attrs),) = points[names.QUALITY_LABEL_COVERAGE]
-    assert attrs == {"model_name": "card-fraud", "model_version": "v-job"}
+    assert attrs == {"model.name": "card-fraud", "model.version": "v-job"}
     assert coverage == pytest.approx(500 / 1_500)
     ((precision, _),) = points[names.QUALITY_PRECISION]
     assert precision == result.quality.precision
