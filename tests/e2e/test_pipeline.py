@@ -1,0 +1,307 @@
+"""End to end through the real pipeline: service -> OTLP -> collector -> Prometheus (+ traces
+to the collector's file exporter, + audit rows in Postgres).
+
+The tests of this module share one stack and run in order (counts build on each other):
+N predictions are counted exactly, their P99 matches the exact one, their spans and an
+exemplar's trace id are exported, freshness is measured, every metric name the rules use
+exists, the P99 alert's expression fires under injected latency and recovers, and a
+collector outage neither fails nor slows predictions while metrics resume after it.
+Measurements go to run/e2e-results.json (and stdout with -s).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from service.inference.data import generate_transactions
+from service.telemetry import instruments as names
+from stack.launch import ROOT, Stack
+from tests.e2e.conftest import Prom, poll, read_spans, span_attrs
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+N = 600
+HIST = names.PROM_INFERENCE_DURATION
+SLO = yaml.safe_load((ROOT / "prometheus" / "slo.yml").read_text())
+THRESHOLD_S = float(SLO["latency"]["threshold_seconds"])
+RESULTS: dict[str, Any] = {}
+
+
+def _rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load((ROOT / "prometheus" / "rules" / "inferwatch.yml").read_text())
+    return [r for g in doc["groups"] for r in g["rules"]]
+
+
+def _alert_expr(name: str) -> str:
+    return str(next(r["expr"] for r in _rules() if r.get("alert") == name))
+
+
+@dataclass
+class Traffic:
+    """Sends predictions; counts what the current service process has served."""
+
+    client: httpx.Client
+    rows: list[dict[str, Any]]
+    served_by_process: int = 0
+    next_row: int = 0
+    responses: list[dict[str, Any]] = field(default_factory=list)
+
+    def send(self, n: int, threads: int = 4) -> list[tuple[dict[str, Any], float]]:
+        batch = [self.rows[(self.next_row + i) % len(self.rows)] for i in range(n)]
+        self.next_row += n
+
+        def one(features: dict[str, Any]) -> tuple[dict[str, Any], float]:
+            t0 = time.perf_counter()
+            r = self.client.post("/v1/predict", json={"features": features})
+            took = time.perf_counter() - t0
+            assert r.status_code == 200, r.text
+            return r.json(), took
+
+        with ThreadPoolExecutor(threads) as pool:
+            out = list(pool.map(one, batch))
+        self.served_by_process += n
+        return out
+
+
+@pytest.fixture(scope="module")
+def traffic(client: httpx.Client) -> Traffic:
+    rows, _ = generate_transactions(2000, seed=7)
+    return Traffic(client, rows)
+
+
+@pytest.fixture(scope="module")
+def model_version(client: httpx.Client) -> str:
+    version: str = client.get("/v1/model").json()["version"]
+    return version
+
+
+@pytest.fixture(scope="module")
+def first_n(traffic: Traffic) -> list[dict[str, Any]]:
+    out = [resp for resp, _ in traffic.send(N)]
+    traffic.responses.extend(out)
+    return out
+
+
+def _count(prom: Prom, mv: str) -> float | None:
+    return prom.scalar(f'sum(histogram_count({HIST}{{model_version="{mv}"}}))')
+
+
+def _current_instance_count(prom: Prom, mv: str) -> float | None:
+    """histogram count of the series most recently written (the current service process)."""
+    res = prom.query(f'timestamp({HIST}{{model_version="{mv}"}})')
+    if not res:
+        return None
+    newest = max(res, key=lambda r: float(r["value"][1]))["metric"]["instance"]
+    return prom.scalar(
+        f'sum(histogram_count({HIST}{{model_version="{mv}",instance="{newest}"}}))'
+    )
+
+
+def test_histogram_count_reaches_exactly_n(
+    prom: Prom, first_n: list[dict[str, Any]], model_version: str
+) -> None:
+    assert all(r["model_version"] == model_version for r in first_n)
+    poll(lambda: _count(prom, model_version) == N, 60, f"histogram count == {N}")
+    preds = f'sum({names.PROM_PREDICTIONS}{{model_version="{model_version}"}})'
+    poll(lambda: prom.scalar(preds) == N, 30, f"predictions counter == {N}")
+
+
+def test_p99_from_prometheus_within_5_percent_of_exact(
+    stack: Stack, prom: Prom, first_n: list[dict[str, Any]], model_version: str
+) -> None:
+    import psycopg
+
+    ids = [r["prediction_id"] for r in first_n]
+
+    def latencies() -> list[float] | None:
+        with psycopg.connect(stack.dsn("postgres")) as conn:
+            rows = conn.execute(
+                "SELECT latency_s FROM predictions WHERE prediction_id = ANY(%s::uuid[])", (ids,)
+            ).fetchall()
+        return [float(r[0]) for r in rows] if len(rows) == N else None
+
+    exact_lat = poll(latencies, 60, f"{N} audit rows with the service's measured latency")
+    exact = float(np.percentile(exact_lat, 99))
+    poll(lambda: _count(prom, model_version) == N, 60, "all samples in Prometheus")
+    got = prom.scalar(
+        f'histogram_quantile(0.99, sum({HIST}{{model_version="{model_version}"}}))'
+    )
+    assert got is not None
+    err = abs(got - exact) / exact
+    RESULTS["p99"] = {"exact_s": exact, "prometheus_s": got, "relative_error": err, "n": N}
+    print(f"\n[e2e] P99 exact {exact * 1e3:.4f} ms, Prometheus {got * 1e3:.4f} ms, "
+          f"error {err:.2%} (n={N})")
+    assert err <= 0.05
+
+
+def test_spans_reach_the_collector_with_prediction_attributes(
+    stack: Stack, first_n: list[dict[str, Any]], model_version: str
+) -> None:
+    want = {r["prediction_id"]: r for r in first_n}
+
+    def found() -> dict[str, dict[str, Any]] | None:
+        by_pid: dict[str, dict[str, Any]] = {}
+        for span in read_spans(stack.traces_file):
+            attrs = span_attrs(span)
+            pid = str(attrs.get(names.ATTR_PREDICTION_ID))
+            if pid in want:
+                by_pid[pid] = {**attrs, "_trace_id": span["traceId"]}
+        return by_pid if len(by_pid) == len(want) else None
+
+    spans = poll(found, 60, f"{N} prediction spans in {stack.traces_file}")
+    for pid, resp in want.items():
+        attrs = spans[pid]
+        assert attrs["_trace_id"] == resp["trace_id"]
+        assert attrs[names.ATTR_MODEL_VERSION] == model_version
+        assert attrs[names.ATTR_MODEL_NAME] == resp["model_name"]
+        assert str(attrs[names.ATTR_PREDICTION_CLASS]) == str(resp["prediction"])
+        assert float(attrs[names.ATTR_PROBABILITY]) == pytest.approx(resp["probability"])
+
+
+def test_exemplar_trace_id_is_among_exported_spans(
+    stack: Stack, prom: Prom, first_n: list[dict[str, Any]], model_version: str
+) -> None:
+    def exemplar_ids() -> set[str] | None:
+        data = prom.exemplars(f'{HIST}{{model_version="{model_version}"}}')
+        ids = {e["labels"]["trace_id"] for s in data for e in s["exemplars"]
+               if "trace_id" in e["labels"]}
+        return ids or None
+
+    ids = poll(exemplar_ids, 60, "exemplars with trace ids on the latency histogram")
+    response_ids = {r["trace_id"] for r in first_n}
+    assert ids & response_ids, "exemplar trace ids are not those of our predictions"
+    span_ids = {s["traceId"] for s in read_spans(stack.traces_file)}
+    assert ids & span_ids, "no exemplar trace id among the exported spans"
+
+
+def test_freshness_response_to_prometheus(
+    prom: Prom, traffic: Traffic, first_n: list[dict[str, Any]], model_version: str
+) -> None:
+    delays = []
+    for _ in range(5):
+        before = poll(lambda: _count(prom, model_version), 30, "a count")
+        traffic.send(1, threads=1)
+        t0 = time.monotonic()
+        target = before + 1
+
+        def arrived(target: float = target) -> bool:
+            return (_count(prom, model_version) or 0) >= target
+
+        poll(arrived, 30, "the new prediction in Prometheus", interval_s=0.05)
+        delays.append(time.monotonic() - t0)
+    RESULTS["freshness_s"] = {"median": statistics.median(delays), "max": max(delays),
+                              "samples": delays}
+    print(f"\n[e2e] freshness (response -> visible in Prometheus): median "
+          f"{statistics.median(delays):.2f}s, max {max(delays):.2f}s")
+    assert max(delays) < 15
+
+
+# names (and name regexes) the rules use that exist only once something went wrong
+ONLY_ON_FAILURE = {
+    "inferwatch_audit_dropped_total",
+    "inferwatch_audit_spooled_total",
+    "otelcol_exporter_(send|enqueue)_failed_.+",
+}
+
+
+def test_every_metric_name_in_the_rules_exists(prom: Prom, first_n: list[dict[str, Any]]) -> None:
+    """The contract: every name a rule uses is emitted by the service or the collector."""
+    poll(lambda: any(n.startswith("otelcol_receiver_refused_") for n in prom.metric_names()),
+         60, "collector self-metrics scraped")
+    present = prom.metric_names()
+    names_used: set[str] = set()
+    patterns_used: set[str] = set()
+    for rule in _rules():
+        expr = rule["expr"]
+        patterns_used |= set(re.findall(r'__name__=~"([^"]+)"', expr))
+        plain = re.sub(r'__name__=~"[^"]*"', "", expr)
+        names_used |= set(re.findall(r"\b((?:inferwatch|http_server|otelcol|target)_[a-z_]+)\b",
+                                     plain))
+    missing = sorted(
+        p for p in patterns_used - ONLY_ON_FAILURE
+        if not any(re.fullmatch(p, n) for n in present)
+    )
+    for name in sorted(names_used - ONLY_ON_FAILURE):
+        if name.endswith(("_bucket", "_count")) and name.rsplit("_", 1)[0] in present:
+            continue  # classic fallback of a native histogram (the no-collector path)
+        if name not in present:
+            missing.append(name)
+    assert missing == [], f"rules use names Prometheus never received: {missing}"
+
+
+def _restart_service(
+    stack: Stack, prom: Prom, traffic: Traffic, model_version: str, env: dict[str, str]
+) -> None:
+    """Restart the service with `env`, and wait until its new series is in Prometheus.
+
+    rate() counts a series' increase from its first sample on: observations made before a
+    new process's first export never show in rate() (they are in the first cumulative
+    value). So a few predictions are sent and seen first; the test's own come after.
+    """
+    stack.stop("service")
+    stack.options.service_env = {"INFERWATCH_ENVIRONMENT": "test", **env}
+    stack.start_service()
+    traffic.served_by_process = 0
+    traffic.send(3, threads=1)
+    poll(lambda: _current_instance_count(prom, model_version) == 3, 60,
+         "the restarted service's first samples in Prometheus")
+
+
+def test_injected_latency_makes_the_p99_alert_expression_fire_then_recover(
+    stack: Stack, prom: Prom, traffic: Traffic, first_n: list[dict[str, Any]], model_version: str
+) -> None:
+    expr = _alert_expr("InferwatchInferenceP99High")
+    assert prom.query(expr) == [], "P99 alert expression true before any injection"
+    slow = 2 * THRESHOLD_S
+    _restart_service(stack, prom, traffic, model_version,
+                     {"INFERWATCH_INJECT_LATENCY_S": str(slow)})
+    k = 15  # ~2.4% of the ~600 fast predictions so far: P99 lands among the slow ones
+    took = [t for _, t in traffic.send(k, threads=4)]
+    assert min(took) >= slow
+    fired = poll(lambda: prom.query(expr) or None, 90, "P99 alert expression above threshold")
+    value = float(fired[0]["value"][1])
+    assert value > THRESHOLD_S
+    t_fire = time.monotonic()
+    # injection off again; enough fast predictions push the slow ones below 1% of the window
+    _restart_service(stack, prom, traffic, model_version, {})
+    traffic.send(3000, threads=4)
+    poll(lambda: prom.query(expr) == [], 120, "P99 alert expression back under threshold")
+    RESULTS["p99_alert"] = {"fired_value_s": value, "recovered_after_s": time.monotonic() - t_fire}
+
+
+def test_collector_outage_neither_fails_nor_slows_predictions_and_metrics_resume(
+    stack: Stack, prom: Prom, traffic: Traffic, model_version: str
+) -> None:
+    baseline = [t for _, t in traffic.send(300, threads=1)]
+    stack.stop("collector")
+    during = [t for _, t in traffic.send(300, threads=1)]  # every one asserted 200 inside
+    p50_b, p50_d = statistics.median(baseline), statistics.median(during)
+    p99_b = float(np.percentile(baseline, 99))
+    p99_d = float(np.percentile(during, 99))
+    RESULTS["collector_outage"] = {"p50_before_s": p50_b, "p50_during_s": p50_d,
+                                   "p99_before_s": p99_b, "p99_during_s": p99_d}
+    print(f"\n[e2e] collector down: p50 {p50_b * 1e3:.2f} -> {p50_d * 1e3:.2f} ms, "
+          f"p99 {p99_b * 1e3:.2f} -> {p99_d * 1e3:.2f} ms")
+    assert p50_d <= p50_b * 1.5 + 0.001
+    assert p99_d <= p99_b * 2 + 0.005
+    stack.start_collector()
+    served = traffic.served_by_process
+    poll(lambda: _current_instance_count(prom, model_version) == served, 90,
+         f"metrics resume: the current process's count reaches {served}")
+
+
+def teardown_module() -> None:
+    out = ROOT / "run" / "e2e-results.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(RESULTS, indent=2) + "\n")
