@@ -25,7 +25,7 @@ from stack.launch import CACHE, ROOT, LaunchError, Options, Ports, Stack, find_p
 T = TypeVar("T")
 
 
-def _require_stack_binaries() -> None:
+def require_stack_binaries() -> None:
     missing = [str(CACHE / "bin" / b) for b in ("otelcol-inferwatch", "prometheus")
                if not (CACHE / "bin" / b).exists()]
     try:
@@ -114,7 +114,7 @@ def span_attrs(span: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
-    _require_stack_binaries()
+    require_stack_binaries()
     failed_before = request.session.testsfailed
     run_dir = ROOT / "run" / f"e2e-{uuid.uuid4().hex[:8]}"
     st = Stack(run_dir, Ports.free(), Options(collector=True, service_env={

@@ -1,0 +1,91 @@
+"""The native launcher's own promises: a busy port is a clear error (no hang), `down` leaves
+no process behind, and the no-collector path (Prometheus scrapes the service's /metrics)
+feeds the same recording rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from service.inference.data import generate_transactions
+from service.telemetry import instruments as names
+from stack.launch import ROOT, LaunchError, Options, Ports, Stack, pid_alive
+from tests.e2e.conftest import Prom, poll, require_stack_binaries
+
+pytestmark = [pytest.mark.e2e]
+
+
+def test_port_in_use_is_a_clear_error_not_a_hang() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ports = Ports.free()
+        stack = Stack(ROOT / "run" / f"busy-{uuid.uuid4().hex[:8]}",
+                      dataclasses.replace(ports, prometheus=port))
+        t0 = time.monotonic()
+        with pytest.raises(LaunchError, match=rf"PROMETHEUS_PORT={port}"):
+            stack.start_prometheus()
+        assert time.monotonic() - t0 < 2
+    shutil.rmtree(stack.run_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def scrape_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    require_stack_binaries()
+    failed_before = request.session.testsfailed
+    st = Stack(ROOT / "run" / f"e2e-nocol-{uuid.uuid4().hex[:8]}", Ports.free(),
+               Options(collector=False, service_env={"INFERWATCH_ENVIRONMENT": "test"}))
+    try:
+        st.up()
+        yield st
+    finally:
+        st.down()
+        if request.session.testsfailed == failed_before and (
+            os.environ.get("INFERWATCH_KEEP_RUN") != "1"
+        ):
+            shutil.rmtree(st.run_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_no_collector_path_feeds_the_same_rules(scrape_stack: Stack) -> None:
+    prom = Prom(scrape_stack.prometheus_url)
+    rows, _ = generate_transactions(51, seed=11)
+    count = f'sum({names.PROM_INFERENCE_DURATION}_count{{job="inferwatch"}})'
+    with httpx.Client(base_url=scrape_stack.service_url, timeout=30) as c:
+        # one first, so the series exists before the 50 (rate() counts from its first sample)
+        assert c.post("/v1/predict", json={"features": rows[0]}).status_code == 200
+        poll(lambda: prom.scalar(count) == 1, 60, "the first prediction scraped")
+        for row in rows[1:]:
+            assert c.post("/v1/predict", json={"features": row}).status_code == 200
+    poll(lambda: prom.scalar(count) == 51, 60, "51 predictions scraped from /metrics")
+
+    def p99() -> float | None:
+        v = prom.scalar("inferwatch:inference_latency:p99_5m")
+        return v if v is not None and v == v else None  # not NaN
+
+    # the recording rule's classic-histogram fallback gives the P99 per model version
+    assert 0 < poll(p99, 60, "P99 recorded from the classic histogram") < 10
+    assert prom.query('up{job="otelcol"}') == []  # no collector in this stack
+
+
+def test_down_leaves_no_process(scrape_stack: Stack) -> None:
+    pids = {s.name: s.pid for s in scrape_stack.status() if s.running}
+    assert set(pids) == {"postgres", "prometheus", "service"}
+    scrape_stack.down()
+    for name, pid in pids.items():
+        assert pid is not None
+
+        def gone(p: int = pid) -> bool:
+            return not pid_alive(p)
+
+        poll(gone, 10, f"{name} (pid {pid}) gone")
+    assert not any(s.running for s in scrape_stack.status())
