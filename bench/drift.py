@@ -14,6 +14,7 @@ outcomes, 10% labeled) is timed the same way.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -73,13 +74,26 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.platform()}"
+    cores = os.cpu_count()
+    return f"{platform.node()}: {cpu}, {cores} cores, {mem:.0f} GiB RAM, {platform.platform()}"
 
 
 def timed(fn: Any) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def _drift_once(dsn: str, refs: list[Any], window: dict[str, datetime], n: int) -> None:
+    with psycopg.connect(dsn) as c:
+        _, rows = store.drift_histograms(c, refs, model_version="bench", **window)
+        assert rows == n, (rows, n)
+
+
+def _quality_once(dsn: str, window: dict[str, datetime], n: int) -> None:
+    with psycopg.connect(dsn) as c:
+        q = store.quality_counts(c, model_version="bench", threshold=0.5, **window)
+        assert q.rows == n, (q.rows, n)
 
 
 def main() -> None:
@@ -99,8 +113,7 @@ def main() -> None:
                 "SELECT string_agg(name || '=' || setting, ', ') FROM pg_settings WHERE name IN"
                 " ('shared_buffers', 'work_mem', 'max_parallel_workers_per_gather', 'jit')"
             ).fetchone()
-            print("postgres settings:", settings[0] if settings else "?")  # type: ignore[index]
-        loaded = 0
+            print("postgres settings:", settings[0] if settings else "?")
         t0 = datetime.now(UTC) - timedelta(hours=12)
         span = timedelta(hours=11)
         print(f"{'rows':>12} {'fill s':>8} {'table MB':>9} {'drift cold s':>13} "
@@ -112,9 +125,8 @@ def main() -> None:
                 conn.execute("TRUNCATE predictions, outcomes")
                 chunk = 1_000_000
                 for lo in range(0, n, chunk):
-                    hi = min(n, lo + chunk)
-                    fill += timed(lambda lo=lo, hi=hi: conn.execute(
-                        _FILL, {"t0": t0, "step_us": step_us, "lo": lo, "hi": hi}))  # fmt: skip
+                    params = {"t0": t0, "step_us": step_us, "lo": lo, "hi": min(n, lo + chunk)}
+                    fill += timed(lambda p=params: conn.execute(_FILL, p))
                 fill += timed(lambda: conn.execute(
                     "INSERT INTO outcomes (prediction_id, label, received_at)"
                     " SELECT prediction_id, prediction, ts + interval '3 days' FROM predictions"
@@ -125,25 +137,12 @@ def main() -> None:
                                     " coalesce((SELECT sum(pg_total_relation_size(inhrelid))"
                                     " FROM pg_inherits WHERE inhparent = 'predictions'::regclass),"
                                     " 0)").fetchone()[0]  # type: ignore[index]  # fmt: skip
-            loaded = n
             cluster.stop()
             cluster.start()
-            since, until = t0, t0 + span + timedelta(minutes=1)
 
-            def run_drift() -> None:
-                with psycopg.connect(db.analyst_dsn) as c:
-                    hists, rows = store.drift_histograms(
-                        c, refs, model_version="bench", since=since, until=until
-                    )
-                    assert rows == loaded, (rows, loaded)
-
-            def run_quality() -> None:
-                with psycopg.connect(db.analyst_dsn) as c:
-                    q = store.quality_counts(
-                        c, model_version="bench", since=since, until=until, threshold=0.5
-                    )
-                    assert q.rows == loaded
-
+            window = {"since": t0, "until": t0 + span + timedelta(minutes=1)}
+            run_drift = functools.partial(_drift_once, db.analyst_dsn, refs, window, n)
+            run_quality = functools.partial(_quality_once, db.analyst_dsn, window, n)
             cold = timed(run_drift)
             warm = statistics.median(timed(run_drift) for _ in range(args.warm_runs))
             qwarm = statistics.median(timed(run_quality) for _ in range(args.warm_runs))
