@@ -157,6 +157,23 @@ def _burn_expr(slo: dict[str, Any], series: str, severity: str) -> str:
     return "\nor\n".join(parts)
 
 
+def _per_name_rate_expr(prefixes: list[str]) -> str:
+    """`rate(...) > 0` per collector counter, joined with `or`.
+
+    One selector per metric name: rate() over a regex matching several names would drop
+    the names and fail ("vector cannot contain metrics with the same labelset") as soon as
+    e.g. the spans and metric points counters exist for the same receiver. `(_total)?`
+    because the collector's own metrics come without the suffix when its Prometheus reader
+    has `without_units: true`.
+    """
+    terms = [
+        f'sum by (job, instance) (rate({{__name__=~"{p}_{signal}(_total)?"}}[5m])) > 0'
+        for p in prefixes
+        for signal in ("spans", "metric_points", "log_records")
+    ]
+    return "\nor\n".join(terms)
+
+
 def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
     job = slo["service_job"]
     lat, err, aud = slo["latency"], slo["errors"], slo["audit"]
@@ -209,7 +226,7 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
     cf = slo["collector"]["for"]
     rules.append(_alert(
         slo, "InferwatchCollectorRefusingData",
-        'sum by (job, instance) (rate({__name__=~"otelcol_receiver_refused_.+"}[5m])) > 0',
+        _per_name_rate_expr(["otelcol_receiver_refused"]),
         "ticket",
         "The collector refuses telemetry (memory limiter)",
         "Collector {{ $labels.instance }} refuses incoming spans or metric points "
@@ -218,8 +235,7 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
     ))
     rules.append(_alert(
         slo, "InferwatchCollectorExportFailing",
-        'sum by (job, instance) (rate({__name__=~"otelcol_exporter_(send|enqueue)_failed_.+"}'
-        "[5m])) > 0",
+        _per_name_rate_expr(["otelcol_exporter_send_failed", "otelcol_exporter_enqueue_failed"]),
         "page",
         "The collector fails to export telemetry",
         "Collector {{ $labels.instance }} fails to send data to Prometheus or the trace "
