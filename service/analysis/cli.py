@@ -141,12 +141,14 @@ def load(
     label_delay: Annotated[float, typer.Option(help="Seconds before a label is posted")] = 2.0,
     url: Annotated[str, typer.Option(help="The service (loopback only)")] = "http://127.0.0.1:8000",
     seed: Annotated[int, typer.Option()] = 1,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight (<= 64)")] = 4,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
     """Send realistic transactions to /v1/predict (and labels to /v1/feedback)."""
     cfg = LoadConfig(
         url=url, rate=rate, duration_s=duration, drift_after_s=drift_after,
         label_fraction=label_fraction, label_delay_s=label_delay, seed=seed,
+        concurrency=concurrency,
     )  # fmt: skip
     err = Console(stderr=True)
     columns = (SpinnerColumn(), TextColumn("load"), BarColumn(), MofNCompleteColumn(),

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -29,6 +31,7 @@ from service.inference import data
 
 MAX_RATE: Final = 2_000.0
 MAX_DURATION_S: Final = 3_600.0
+MAX_CONCURRENCY: Final = 64
 LABEL_BATCH: Final = 100
 _CHUNK: Final = 512
 
@@ -61,6 +64,7 @@ class LoadConfig:
     label_delay_s: float = 2.0
     seed: int = 1
     timeout_s: float = 5.0
+    concurrency: int = 1  # requests in flight
 
     def validate(self) -> None:
         if not 0 < self.rate <= MAX_RATE:
@@ -71,6 +75,8 @@ class LoadConfig:
             raise LoadError("label fraction must be in [0, 1]")
         if self.label_delay_s < 0 or self.label_delay_s > 600:
             raise LoadError("label delay must be in [0, 600] seconds")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise LoadError(f"concurrency must be in [1, {MAX_CONCURRENCY}]")
         if self.drift_after_s is not None and self.drift_after_s < 0:
             raise LoadError("drift-after must be >= 0")
 
@@ -132,16 +138,52 @@ def run_load(
     sleep: Callable[[float], None] = time.sleep,
     check_host: bool = True,
 ) -> LoadSummary:
+    """Paced open-loop load: request i is due at ``i / rate``; with ``concurrency`` > 1
+    up to that many requests are in flight (at most twice that many scheduled), so a
+    slow service lowers the achieved rate (reported) instead of piling up requests."""
     cfg.validate()
     if check_host:
         check_loopback(cfg.url)
     own = client is None
-    http = client or httpx.Client(base_url=cfg.url, timeout=cfg.timeout_s)
+    http = client or httpx.Client(
+        base_url=cfg.url,
+        timeout=cfg.timeout_s,
+        limits=httpx.Limits(max_connections=cfg.concurrency),
+    )
     rng = np.random.default_rng(cfg.seed)
     clean, shifted = _Stream(cfg.seed, False), _Stream(cfg.seed + 1, True)
     pending: deque[tuple[float, str, int]] = deque()  # (due, prediction_id, label)
     summary = LoadSummary()
+    lock = threading.Lock()
+    slots = threading.BoundedSemaphore(2 * cfg.concurrency)
     run_tag = f"load-{cfg.seed}-{int(time.time())}"
+    labeled = rng.random(cfg.total) < cfg.label_fraction
+
+    def send(i: int, body: dict[str, Any], drifting: bool, label: int) -> None:
+        t0 = clock()
+        try:
+            r = http.post("/v1/predict", json=body)
+            pid = str(r.json()["prediction_id"]) if r.status_code == 200 else ""
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            with lock:
+                summary.errors[type(exc).__name__] += 1
+                summary.sent += 1
+            return
+        finally:
+            slots.release()
+        with lock:
+            summary.sent += 1
+            summary.latencies_s.append(clock() - t0)
+            if r.status_code != 200:
+                summary.errors[str(r.status_code)] += 1
+                return
+            summary.ok += 1
+            summary.drifted += drifting
+            summary.positives += label
+            if labeled[i]:
+                pending.append((clock() + cfg.label_delay_s, pid, label))
+
+    pool = ThreadPoolExecutor(cfg.concurrency) if cfg.concurrency > 1 else None
     start = clock()
     deadline = start + cfg.duration_s
     try:
@@ -152,35 +194,30 @@ def run_load(
                 break
             if due > now:
                 sleep(due - now)
-            drifting = cfg.drift_after_s is not None and due - start >= cfg.drift_after_s
+            # by the clock, not the schedule: a lagging run still switches on time
+            drifting = cfg.drift_after_s is not None and clock() - start >= cfg.drift_after_s
             row, label = (shifted if drifting else clean).next()
             body = {"features": row, "entity": {"type": "transaction", "id": f"{run_tag}-{i}"}}
-            t0 = clock()
-            try:
-                r = http.post("/v1/predict", json=body)
-            except httpx.HTTPError as exc:
-                summary.errors[type(exc).__name__] += 1
+            slots.acquire()
+            if pool is None:
+                send(i, body, drifting, label)
             else:
-                summary.latencies_s.append(clock() - t0)
-                if r.status_code == 200:
-                    summary.ok += 1
-                    summary.drifted += drifting
-                    summary.positives += label
-                    if rng.random() < cfg.label_fraction:
-                        pid = str(r.json()["prediction_id"])
-                        pending.append((clock() + cfg.label_delay_s, pid, label))
-                else:
-                    summary.errors[str(r.status_code)] += 1
-            summary.sent += 1
-            _post_labels(http, pending, clock(), summary, force=False)
+                pool.submit(send, i, body, drifting, label)
+            _post_labels(http, pending, lock, clock(), summary)
             on_progress(summary.sent, cfg.total)
+        if pool is not None:
+            pool.shutdown(wait=True)
+            pool = None
+        on_progress(summary.sent, cfg.total)
         # the labels still owed: wait for their delay (bounded by it), then post
         while pending:
             wait = pending[0][0] - clock()
             if wait > 0:
                 sleep(min(wait, cfg.label_delay_s))
-            _post_labels(http, pending, clock(), summary, force=False)
+            _post_labels(http, pending, lock, clock(), summary)
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         summary.elapsed_s = clock() - start
         if own:
             http.close()
@@ -190,22 +227,25 @@ def run_load(
 def _post_labels(
     http: httpx.Client,
     pending: deque[tuple[float, str, int]],
+    lock: threading.Lock,
     now: float,
     summary: LoadSummary,
-    *,
-    force: bool,
 ) -> None:
-    while pending and (force or pending[0][0] <= now):
+    while True:
         batch: list[dict[str, Any]] = []
-        while pending and len(batch) < LABEL_BATCH and (force or pending[0][0] <= now):
-            _, pid, label = pending.popleft()
-            batch.append({"prediction_id": pid, "label": label})
+        with lock:
+            while pending and len(batch) < LABEL_BATCH and pending[0][0] <= now:
+                _, pid, label = pending.popleft()
+                batch.append({"prediction_id": pid, "label": label})
+        if not batch:
+            return
         try:
             r = http.post("/v1/feedback", json={"outcomes": batch})
+            ok = r.status_code == 202
         except httpx.HTTPError:
-            summary.label_errors += len(batch)
-            continue
-        if r.status_code == 202:
-            summary.labels_posted += len(batch)
-        else:
-            summary.label_errors += len(batch)
+            ok = False
+        with lock:
+            if ok:
+                summary.labels_posted += len(batch)
+            else:
+                summary.label_errors += len(batch)

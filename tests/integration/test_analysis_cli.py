@@ -153,3 +153,32 @@ def test_load_refuses_non_loopback_and_bad_bounds() -> None:
         run_load(LoadConfig(rate=10_000), check_host=False, client=httpx.Client())
     with pytest.raises(LoadError):
         run_load(LoadConfig(duration_s=10_000), check_host=False, client=httpx.Client())
+
+
+def test_load_with_concurrency_against_a_mock_service() -> None:
+    import threading
+    import uuid
+
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/predict":
+            with lock:
+                seen.append(json.loads(request.content)["entity"]["id"])
+            return httpx.Response(200, json={"prediction_id": str(uuid.uuid4())})
+        if request.url.path == "/v1/feedback":
+            n = len(json.loads(request.content)["outcomes"])
+            return httpx.Response(202, json={"accepted": n})
+        return httpx.Response(404)
+
+    client = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://127.0.0.1:1")
+    cfg = LoadConfig(rate=2_000, duration_s=0.5, drift_after_s=0.25, label_fraction=0.25,
+                     label_delay_s=0.0, concurrency=8)  # fmt: skip
+    clock = VirtualClock()
+    summary = run_load(cfg, client=client, check_host=False, clock=clock, sleep=clock.sleep)
+    assert summary.sent == summary.ok == 1_000
+    assert len(set(seen)) == 1_000
+    assert 450 <= summary.drifted <= 550
+    assert 180 <= summary.labels_posted <= 320
+    assert summary.label_errors == 0
