@@ -154,10 +154,57 @@ def _state(request: Request) -> tuple[AuditSink, Sequence[int], int, int, int]:
     )
 
 
+_OUTCOME_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["label"],
+    "properties": {
+        "prediction_id": {"type": "string", "format": "uuid"},
+        "entity": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["type", "id"],
+            "properties": {"type": {"type": "string"}, "id": {"type": "string"}},
+        },
+        "label": {"type": "integer", "description": "One of the model's classes"},
+        "observed_at": {"type": "string", "format": "date-time"},
+    },
+    "description": "Exactly one of prediction_id or entity.",
+}
+_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        _OUTCOME_SCHEMA,
+                        {
+                            "type": "object",
+                            "required": ["outcomes"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "outcomes": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": _OUTCOME_SCHEMA,
+                                }
+                            },
+                        },
+                    ]
+                },
+                "example": {"prediction_id": "01a20509-e480-72c0-810a-9c0bb09566e3", "label": 1},
+            }
+        },
+    }
+}
+
+
 @router.post(
     "/feedback",
     status_code=202,
     responses=_ERRORS,
+    openapi_extra=_BODY,
     summary="Report the true label of predictions (one outcome, or {'outcomes': [...]})",
 )
 async def feedback(request: Request) -> Response:
