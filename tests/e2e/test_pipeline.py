@@ -239,6 +239,23 @@ def test_every_metric_name_in_the_rules_exists(prom: Prom, first_n: list[dict[st
     assert missing == [], f"rules use names Prometheus never received: {missing}"
 
 
+def test_every_rule_evaluates_without_error(prom: Prom, first_n: list[dict[str, Any]]) -> None:
+    """Prometheus' own verdict on each loaded rule, against live data (promtool cannot see
+    e.g. 'vector cannot contain metrics with the same labelset' from real series)."""
+
+    def rules() -> list[dict[str, Any]] | None:
+        r = prom.http.get("/api/v1/rules")
+        r.raise_for_status()
+        out = [rule for g in r.json()["data"]["groups"] for rule in g["rules"]]
+        evaluated = all(rule.get("health") != "unknown" for rule in out)
+        return out if out and evaluated else None
+
+    loaded = poll(rules, 90, "every rule evaluated at least once")
+    bad = {r["name"]: r.get("lastError") for r in loaded if r.get("health") != "ok"}
+    assert bad == {}
+    assert {r["name"] for r in loaded} >= {r.get("alert") or r.get("record") for r in _rules()}
+
+
 def _restart_service(
     stack: Stack, prom: Prom, traffic: Traffic, model_version: str, env: dict[str, str]
 ) -> None:
