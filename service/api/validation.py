@@ -187,6 +187,8 @@ class InstanceValidator:
 
 def _key(key: Any) -> str:
     text = str(key)
+    if not text.strip():
+        return repr(text)  # an empty or blank key still gets a visible name
     return text if len(text) <= 64 else text[:61] + "..."
 
 

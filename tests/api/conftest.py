@@ -70,3 +70,9 @@ def valid_features(small_model: LoadedModel) -> dict[str, object]:
 
     rows, _ = generate_transactions(1, seed=11)
     return rows[0]
+
+
+@pytest.fixture(scope="module")
+def small_model_cached(small_model: LoadedModel) -> Iterator[Harness]:
+    """One app for a whole module (hypothesis runs many examples against it)."""
+    yield from make_harness(small_model)

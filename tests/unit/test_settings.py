@@ -1,0 +1,35 @@
+"""Settings refuse unsafe combinations; secrets have no working production defaults."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+
+def test_defaults_need_no_configuration() -> None:
+    s = Settings()
+    assert s.database_url is None and s.analyst_api_key is None
+    assert s.inject_latency_s == 0
+
+
+def test_latency_injection_is_refused_outside_dev_and_test() -> None:
+    assert Settings(environment="test", inject_latency_s=0.1).inject_latency_s == 0.1
+    with pytest.raises(ValidationError, match="test-only"):
+        Settings(environment="production", inject_latency_s=0.1)
+
+
+def test_placeholder_secrets_are_refused_in_production() -> None:
+    with pytest.raises(ValidationError, match="placeholder"):
+        Settings(environment="production", analyst_api_key="changeme")
+    with pytest.raises(ValidationError, match="development password"):
+        Settings(environment="production",
+                 database_url="postgresql://inferwatch_writer:password@db/inferwatch")
+    ok = Settings(environment="production", analyst_api_key="k" * 32)
+    assert ok.analyst_api_key is not None
+
+
+def test_hash_privacy_needs_a_key() -> None:
+    with pytest.raises(ValidationError, match="HMAC"):
+        Settings(audit_privacy={"amount": "hash"})
