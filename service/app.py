@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from threadpoolctl import threadpool_limits
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import SpanProcessor
@@ -104,6 +105,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threadpool_limits(limits=settings.inference_threads)
         loaded = model or resolve_model(settings)
         telemetry = build_telemetry(
             settings, span_processors=span_processors, metric_readers=metric_readers

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_batch_size: int = Field(256, ge=1, le=10_000)
     max_string_length: int = Field(128, ge=1, le=4096)
+    # BLAS/OpenMP threads for inference, per process. 1 by default: a request is one
+    # row, and extra threads only fight the server (and other workers) for the cores.
+    inference_threads: int = Field(1, ge=1, le=64)
 
     # --- telemetry ---------------------------------------------------------------
     telemetry_enabled: bool = True
