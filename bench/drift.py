@@ -29,13 +29,15 @@ from service.inference import data
 from service.inference.training import card_fraud_schema, reference_profile
 from tests.fixtures.pg import create_audit_db, start_cluster
 
-# Realistic payloads generated in SQL (Box-Muller for normals; same shapes as data.py).
+# Realistic payloads generated in SQL (Box-Muller for normals; same shapes as data.py),
+# time-ordered UUIDv7-style ids and distinct trace ids as the service writes them (all-equal
+# trace ids would make the hash index on trace_id degenerate and the fill quadratic).
 _FILL = """
 INSERT INTO predictions (prediction_id, ts, model_name, model_version, entity_type, entity_id,
                          features, prediction, probability, latency_s, trace_id, span_id)
-SELECT gen_random_uuid(),
-       %(t0)s::timestamptz + (g * %(step_us)s) * interval '1 microsecond',
-       'card-fraud', 'bench', 'transaction', 'b-' || g,
+SELECT (lpad(to_hex((extract(epoch FROM ts) * 1000)::bigint), 12, '0') || '7'
+            || substr(h, 1, 3) || '8' || substr(h, 4, 15))::uuid,  -- UUIDv7 layout, as served
+       ts, 'card-fraud', 'bench', 'transaction', 'b-' || g,
        jsonb_build_object(
          'amount', round((avg_amt * exp(0.6 * n2))::numeric, 2),
          'amount_avg_30d', round(avg_amt::numeric, 2),
@@ -56,9 +58,12 @@ SELECT gen_random_uuid(),
          'account_age_days', 1 + floor(random() * 7299)::int,
          'failed_pin_attempts_24h', (random() < 0.05)::int,
          'credit_utilization', round((random() * random())::numeric, 4)),
-       (random() < 0.02)::int, random() * random() * random(), 0.0003, '', ''
+       (random() < 0.02)::int, random() * random() * random(), 0.0003,
+       md5(h), substr(h, 17, 16)  -- distinct trace/span ids, like real ones
 FROM (
     SELECT g,
+           %(t0)s::timestamptz + (g * %(step_us)s) * interval '1 microsecond' AS ts,
+           md5(g::text || 'x') AS h,
            exp(3.8 + 0.7 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random())) AS avg_amt,
            sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()) AS n2
     FROM generate_series(%(lo)s, %(hi)s - 1) g
