@@ -16,14 +16,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from threadpoolctl import threadpool_limits
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import SpanProcessor
+from threadpoolctl import threadpool_limits
 
 from service import __version__
 from service.api.errors import install_error_handlers
-from service.api.routes import health, predict
+from service.api.routes import feedback, health, monitoring, predict
 from service.api.routes import model as model_routes
 from service.api.runtime import Runtime
 from service.api.validation import InstanceValidator, feature_json_schema
@@ -165,8 +165,13 @@ def create_app(
     app.include_router(health.router)
     app.include_router(predict.router)
     app.include_router(model_routes.router)
+    app.include_router(feedback.router)
+    app.include_router(monitoring.router)
+    builtin = {id(r) for r in (health.router, predict.router, model_routes.router,
+                               feedback.router, monitoring.router)}
     for router in extra_routers:
-        app.include_router(router)
+        if id(router) not in builtin:
+            app.include_router(router)
     return app
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.metrics.export import (
     ExponentialHistogramDataPoint,
     MetricsData,
@@ -30,13 +31,17 @@ def points(data: MetricsData | None, metric_name: str) -> list[Any]:
 def test_one_prediction_is_one_span_one_sample_one_exemplar_one_audit_row(
     harness: Harness, valid_features: dict[str, Any]
 ) -> None:
-    body = {"features": valid_features, "entity": {"type": "transaction", "id": "txn-42"},
-            "request_id": "req-1"}
+    body = {
+        "features": valid_features,
+        "entity": {"type": "transaction", "id": "txn-42"},
+        "request_id": "req-1",
+    }
     resp = harness.client.post("/v1/predict", json=body)
     assert resp.status_code == 200, resp.text
     out = resp.json()
     meta = harness.model.metadata
-    assert out["model_name"] == meta.name and out["model_version"] == meta.version
+    assert out["model_name"] == meta.name
+    assert out["model_version"] == meta.version
     assert out["prediction"] in meta.classes
     assert 0.0 <= out["probability"] <= 1.0
     assert len(out["trace_id"]) == 32
@@ -44,7 +49,8 @@ def test_one_prediction_is_one_span_one_sample_one_exemplar_one_audit_row(
     spans = harness.spans.get_finished_spans()
     assert len(spans) == 1, [s.name for s in spans]
     span = spans[0]
-    assert span.kind == SpanKind.SERVER and span.name == "POST /v1/predict"
+    assert span.kind == SpanKind.SERVER
+    assert span.name == "POST /v1/predict"
     assert format(span.context.trace_id, "032x") == out["trace_id"]
     attrs = dict(span.attributes or {})
     assert attrs[names.ATTR_MODEL_NAME] == meta.name
@@ -54,31 +60,38 @@ def test_one_prediction_is_one_span_one_sample_one_exemplar_one_audit_row(
     assert attrs[names.ATTR_PROBABILITY] == out["probability"]
     assert attrs[names.ATTR_ENTITY_TYPE] == "transaction"
     assert attrs[names.ATTR_ENTITY_ID] == "txn-42"
-    assert attrs["http.route"] == "/v1/predict" and attrs["http.response.status_code"] == 200
+    assert attrs["http.route"] == "/v1/predict"
+    assert attrs["http.response.status_code"] == 200
 
     data = harness.metrics.get_metrics_data()
     (hist,) = points(data, names.INFERENCE_DURATION)
     assert isinstance(hist, ExponentialHistogramDataPoint)
     assert hist.count == 1
     assert dict(hist.attributes) == {
-        names.ATTR_MODEL_NAME: meta.name, names.ATTR_MODEL_VERSION: meta.version,
+        names.ATTR_MODEL_NAME: meta.name,
+        names.ATTR_MODEL_VERSION: meta.version,
         names.ATTR_OUTCOME: "ok",
     }
     assert 0 < hist.sum < 5
     assert [format(e.trace_id, "032x") for e in hist.exemplars] == [out["trace_id"]]
     (count,) = points(data, names.PREDICTIONS)
-    assert isinstance(count, NumberDataPoint) and count.value == 1
+    assert isinstance(count, NumberDataPoint)
+    assert count.value == 1
     assert dict(count.attributes)[names.ATTR_PREDICTION_CLASS] == str(out["prediction"])
     (http,) = points(data, names.HTTP_SERVER_DURATION)
-    assert http.count == 1 and dict(http.attributes)["http.route"] == "/v1/predict"
+    assert http.count == 1
+    assert dict(http.attributes)["http.route"] == "/v1/predict"
 
     (record,) = harness.audit.predictions
     assert str(record.prediction_id) == out["prediction_id"]
     assert record.features == valid_features
-    assert record.trace_id == out["trace_id"] and record.span_id == format(
-        span.context.span_id, "016x")
+    assert record.trace_id == out["trace_id"]
+    assert record.span_id == format(span.context.span_id, "016x")
     assert (record.entity_type, record.entity_id, record.request_id) == (
-        "transaction", "txn-42", "req-1")
+        "transaction",
+        "txn-42",
+        "req-1",
+    )
     assert record.latency_s == hist.sum
 
 
@@ -88,10 +101,19 @@ def test_metric_attributes_never_carry_ids_or_feature_values(
     for i in range(5):
         body = {"features": valid_features, "entity": {"type": "account", "id": f"acct-{i}"}}
         assert harness.client.post("/v1/predict", json=body).status_code == 200
-    allowed = {names.ATTR_MODEL_NAME, names.ATTR_MODEL_VERSION, names.ATTR_PREDICTION_CLASS,
-               names.ATTR_OUTCOME, names.ATTR_REJECT_REASON, "http.route",
-               "http.request.method", "http.response.status_code", "url.scheme",
-               "network.protocol.version", "error.type"}
+    allowed = {
+        names.ATTR_MODEL_NAME,
+        names.ATTR_MODEL_VERSION,
+        names.ATTR_PREDICTION_CLASS,
+        names.ATTR_OUTCOME,
+        names.ATTR_REJECT_REASON,
+        "http.route",
+        "http.request.method",
+        "http.response.status_code",
+        "url.scheme",
+        "network.protocol.version",
+        "error.type",
+    }
     data = harness.metrics.get_metrics_data()
     assert data is not None
     for rm in data.resource_metrics:
@@ -104,8 +126,12 @@ def test_metric_attributes_never_carry_ids_or_feature_values(
 def test_prediction_ids_are_unique_and_time_ordered(
     harness: Harness, valid_features: dict[str, Any]
 ) -> None:
-    ids = [harness.client.post("/v1/predict", json={"features": valid_features}).json()[
-        "prediction_id"] for _ in range(20)]
+    ids = [
+        harness.client.post("/v1/predict", json={"features": valid_features}).json()[
+            "prediction_id"
+        ]
+        for _ in range(20)
+    ]
     assert len(set(ids)) == 20
     assert ids == sorted(ids)
 
@@ -114,8 +140,9 @@ def test_batch_predicts_each_instance_in_one_span(harness: Harness) -> None:
     from service.inference.data import generate_transactions
 
     rows, _ = generate_transactions(5, seed=5)
-    resp = harness.client.post("/v1/predict/batch",
-                               json={"instances": [{"features": r} for r in rows]})
+    resp = harness.client.post(
+        "/v1/predict/batch", json={"instances": [{"features": r} for r in rows]}
+    )
     assert resp.status_code == 200, resp.text
     preds = resp.json()["predictions"]
     assert len(preds) == 5
@@ -124,7 +151,8 @@ def test_batch_predicts_each_instance_in_one_span(harness: Harness) -> None:
     assert span.attributes[names.ATTR_BATCH_SIZE] == 5
     assert list(span.attributes[names.ATTR_PREDICTION_IDS]) == [p["prediction_id"] for p in preds]
     assert [str(r.prediction_id) for r in harness.audit.predictions] == [
-        p["prediction_id"] for p in preds]
+        p["prediction_id"] for p in preds
+    ]
     data = harness.metrics.get_metrics_data()
     assert sum(p.value for p in points(data, names.PREDICTIONS)) == 5
     # the single-prediction latency histogram only holds single predictions
@@ -135,8 +163,9 @@ def test_batch_predicts_each_instance_in_one_span(harness: Harness) -> None:
 
 def test_single_and_batch_agree(harness: Harness, valid_features: dict[str, Any]) -> None:
     single = harness.client.post("/v1/predict", json={"features": valid_features}).json()
-    batch = harness.client.post("/v1/predict/batch",
-                                json={"instances": [{"features": valid_features}]}).json()
+    batch = harness.client.post(
+        "/v1/predict/batch", json={"instances": [{"features": valid_features}]}
+    ).json()
     assert batch["predictions"][0]["probability"] == single["probability"]
     assert batch["predictions"][0]["prediction"] == single["prediction"]
 
@@ -144,12 +173,14 @@ def test_single_and_batch_agree(harness: Harness, valid_features: dict[str, Any]
 def test_model_health_ready_and_openapi(harness: Harness) -> None:
     meta = harness.model.metadata
     info = harness.client.get("/v1/model").json()
-    assert info["name"] == meta.name and info["version"] == meta.version
+    assert info["name"] == meta.name
+    assert info["version"] == meta.version
     assert [f["name"] for f in info["feature_schema"]] == list(meta.feature_schema.names)
     assert info["metrics"]["roc_auc"] == meta.metrics["roc_auc"]
     assert harness.client.get("/healthz").json() == {"status": "ok"}
     ready = harness.client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["model_version"] == meta.version
+    assert ready.status_code == 200
+    assert ready.json()["model_version"] == meta.version
     doc = harness.client.get("/openapi.json").json()
     body = doc["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]
     props = body["schema"]["properties"]["features"]["properties"]
@@ -158,17 +189,27 @@ def test_model_health_ready_and_openapi(harness: Harness) -> None:
     harness.client.get("/metrics")
     # probes and scrapes make no spans; API calls make one each
     assert sorted(s.name for s in harness.spans.get_finished_spans()) == [
-        "GET /openapi.json", "GET /v1/model"]
+        "GET /openapi.json",
+        "GET /v1/model",
+    ]
 
 
-def test_readyz_is_503_after_shutdown_begins(small_model: Any) -> None:
+def test_readyz_is_503_after_shutdown_begins(harness: Harness) -> None:
+    runtime = harness.client.app.state.runtime  # type: ignore[attr-defined]
+    runtime.ready = False
+    assert harness.client.get("/readyz").status_code == 503
+    resp = harness.client.post("/v1/predict", json={})
+    assert resp.status_code == 503
+    assert resp.json()["error"] == "not_ready"
+
+
+def test_shutdown_closes_the_audit_sink(small_model: Any) -> None:
     from tests.api.conftest import make_harness
 
     gen = make_harness(small_model)
     h = next(gen)
-    runtime = h.client.app.state.runtime  # type: ignore[attr-defined]
-    runtime.ready = False
-    assert h.client.get("/readyz").status_code == 503
-    assert h.client.post("/v1/predict", json={}).status_code == 503
-    gen.close()
+    assert h.audit.started
+    assert not h.audit.closed
+    with pytest.raises(StopIteration):
+        next(gen)
     assert h.audit.closed

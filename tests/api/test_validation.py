@@ -56,8 +56,11 @@ def test_missing_and_unknown_features_all_reported(
     bad = {k: v for k, v in valid_features.items() if k not in ("amount", "channel")}
     bad["favourite_colour"] = "blue"
     got = fields(post(harness, bad))
-    assert got == {"features.favourite_colour": "unknown feature",
-                   "features.amount": "required", "features.channel": "required"}
+    assert got == {
+        "features.favourite_colour": "unknown feature",
+        "features.amount": "required",
+        "features.channel": "required",
+    }
 
 
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
@@ -68,15 +71,25 @@ def test_non_finite_numbers_are_refused_by_field(
 
     raw = orjson.dumps({"features": {**valid_features, "amount": 12345.5}})
     raw = raw.replace(b"12345.5", literal)
-    resp = harness.client.post("/v1/predict", content=raw,
-                               headers={"content-type": "application/json"})
+    resp = harness.client.post(
+        "/v1/predict", content=raw, headers={"content-type": "application/json"}
+    )
     assert resp.status_code == 422, resp.text
     assert "finite" in fields(resp)["features.amount"]
 
 
-def test_entity_and_request_id_are_checked(harness: Harness, valid_features: dict[str, Any]) -> None:
-    got = fields(post(harness, valid_features, entity={"type": "", "id": "a\x00b", "x": 1},
-                      request_id="r" * 500, extra=1))
+def test_entity_and_request_id_are_checked(
+    harness: Harness, valid_features: dict[str, Any]
+) -> None:
+    got = fields(
+        post(
+            harness,
+            valid_features,
+            entity={"type": "", "id": "a\x00b", "x": 1},
+            request_id="r" * 500,
+            extra=1,
+        )
+    )
     assert got == {
         "extra": "unknown field",
         "entity.x": "unknown field",
@@ -91,7 +104,7 @@ def test_entity_and_request_id_are_checked(harness: Harness, valid_features: dic
 def test_unicode_and_quotes_in_entity_ids_are_accepted_exactly(
     harness: Harness, valid_features: dict[str, Any]
 ) -> None:
-    hostile = "O'Brien \"quoted\" back\\slash ünïcødé 🚀 ; DROP TABLE predictions;--"
+    hostile = 'O\'Brien "quoted" back\\slash ünïcødé 🚀 ; DROP TABLE predictions;--'
     resp = post(harness, valid_features, entity={"type": "account", "id": hostile})
     assert resp.status_code == 200
     assert harness.audit.predictions[0].entity_id == hostile
@@ -101,8 +114,9 @@ def test_lone_surrogate_is_refused(harness: Harness, valid_features: dict[str, A
     import json
 
     raw = json.dumps({"features": valid_features, "entity": {"type": "a", "id": "\ud800"}})
-    resp = harness.client.post("/v1/predict", content=raw,
-                               headers={"content-type": "application/json"})
+    resp = harness.client.post(
+        "/v1/predict", content=raw, headers={"content-type": "application/json"}
+    )
     assert resp.status_code == 422
     assert "lone surrogates" in fields(resp)["entity.id"]
 
@@ -118,39 +132,56 @@ def test_oversized_chunked_body_is_413_without_content_length(harness: Harness) 
         for _ in range(100):
             yield b" " * 4096
 
-    resp = harness.client.post("/v1/predict", content=chunks(),
-                               headers={"content-type": "application/json"})
+    resp = harness.client.post(
+        "/v1/predict", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert resp.status_code == 413
 
 
 def test_malformed_json_wrong_type_and_media_type(harness: Harness) -> None:
-    r = harness.client.post("/v1/predict", content=b"{not json",
-                            headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "invalid JSON" in fields(r)["body"]
-    r = harness.client.post("/v1/predict", content=b"", headers={"content-type": "application/json"})
+    r = harness.client.post(
+        "/v1/predict", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert "invalid JSON" in fields(r)["body"]
+    r = harness.client.post(
+        "/v1/predict", content=b"", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
     r = harness.client.post("/v1/predict", json=[1, 2])
-    assert r.status_code == 422 and fields(r) == {"body": "must be an object, got array"}
-    r = harness.client.post("/v1/predict", content=b"a=1",
-                            headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 422
+    assert fields(r) == {"body": "must be an object, got array"}
+    r = harness.client.post(
+        "/v1/predict", content=b"a=1", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert r.status_code == 415
 
 
 def test_batch_limits_and_per_item_paths(harness: Harness, valid_features: dict[str, Any]) -> None:
     limit = harness.client.app.state.settings.max_batch_size  # type: ignore[attr-defined]
-    r = harness.client.post("/v1/predict/batch",
-                            json={"instances": [{"features": valid_features}] * (limit + 1)})
+    r = harness.client.post(
+        "/v1/predict/batch", json={"instances": [{"features": valid_features}] * (limit + 1)}
+    )
     assert r.status_code == 422
     assert fields(r) == {"instances": f"must have at most {limit} items, got {limit + 1}"}
     r = harness.client.post("/v1/predict/batch", json={"instances": []})
-    assert r.status_code == 422 and fields(r) == {"instances": "must not be empty"}
-    r = harness.client.post("/v1/predict/batch", json={"instances": [
-        {"features": valid_features}, {"features": {**valid_features, "hour_of_day": -1}}]})
+    assert r.status_code == 422
+    assert fields(r) == {"instances": "must not be empty"}
+    r = harness.client.post(
+        "/v1/predict/batch",
+        json={
+            "instances": [
+                {"features": valid_features},
+                {"features": {**valid_features, "hour_of_day": -1}},
+            ]
+        },
+    )
     assert r.status_code == 422
     assert list(fields(r)) == ["instances[1].features.hour_of_day"]
     assert harness.audit.records == []  # nothing of a rejected batch is recorded
     r = harness.client.post("/v1/predict/batch", json={"items": []})
-    assert r.status_code == 422 and "instances" in fields(r)
+    assert r.status_code == 422
+    assert "instances" in fields(r)
 
 
 def test_rejections_are_counted_by_reason(harness: Harness, valid_features: dict[str, Any]) -> None:
@@ -158,7 +189,9 @@ def test_rejections_are_counted_by_reason(harness: Harness, valid_features: dict
     post(harness, {**valid_features, "amount": "x"})
     harness.client.post("/v1/predict", content=b"{", headers={"content-type": "application/json"})
     data = harness.metrics.get_metrics_data()
-    by_reason = {dict(p.attributes)[names.ATTR_REJECT_REASON]: p.value
-                 for p in points(data, names.REJECTED_REQUESTS)}
+    by_reason = {
+        dict(p.attributes)[names.ATTR_REJECT_REASON]: p.value
+        for p in points(data, names.REJECTED_REQUESTS)
+    }
     assert by_reason == {"validation": 2, "invalid_json": 1}
     assert points(data, names.PREDICTIONS) == []
