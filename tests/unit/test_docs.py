@@ -1,0 +1,30 @@
+"""The README's configuration reference lists every setting (one source of truth: Settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [
+        f"INFERWATCH_{name.upper()}"
+        for name in Settings.model_fields
+        if f"`INFERWATCH_{name.upper()}`" not in readme
+    ]
+    assert missing == []
+
+
+def test_every_metric_constant_is_unique() -> None:
+    from service.telemetry import instruments
+
+    values = [
+        getattr(instruments, n)
+        for n in dir(instruments)
+        if n.isupper() and not n.startswith(("ATTR_", "PROM_LABEL", "SCOPE"))
+    ]
+    assert len(values) == len(set(values))
