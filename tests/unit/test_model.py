@@ -25,7 +25,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_generator_is_seeded_and_realistic() -> None:
     a, ya = data.generate_arrays(50_000, seed=4)
     b, yb = data.generate_arrays(50_000, seed=4)
-    assert all(np.array_equal(a[k], b[k]) for k in a) and np.array_equal(ya, yb)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert np.array_equal(ya, yb)
     assert 0.005 < ya.mean() < 0.03  # a realistic fraud rate
     # the signal is real: fraud is far more common among foreign, card-not-present rows
     risky = a["is_foreign"] & ~a["card_present"]
@@ -40,7 +41,8 @@ def test_generator_is_seeded_and_realistic() -> None:
             elif spec.type == "bool":
                 assert isinstance(v, bool)
             else:
-                assert spec.minimum is not None and spec.maximum is not None
+                assert spec.minimum is not None
+                assert spec.maximum is not None
                 assert spec.minimum <= v <= spec.maximum
 
 
@@ -53,17 +55,21 @@ def test_drift_moves_exactly_two_features() -> None:
 
 def test_training_writes_verifiable_artifact_and_metadata(trained: Path) -> None:
     path = find_model(trained, "card-fraud", None)
-    assert path is not None and path.name == "a"
+    assert path is not None
+    assert path.name == "a"
     model = load_model(path)
     meta = model.metadata
-    assert meta.artifact_format == "skops" and len(meta.artifact_sha256) == 64
+    assert meta.artifact_format == "skops"
+    assert len(meta.artifact_sha256) == 64
     assert meta.metrics["roc_auc"] > 0.75
     assert 0 < meta.decision_threshold < 1
     prof = meta.reference_profile["features"]
     assert set(prof) == set(meta.feature_schema.names)
     amount = prof["amount"]
-    assert amount["kind"] == "numeric" and len(amount["proportions"]) == len(amount["edges"]) + 1
-    assert abs(sum(amount["proportions"]) - 1) < 1e-9 and len(amount["quantiles"]) == 101
+    assert amount["kind"] == "numeric"
+    assert len(amount["proportions"]) == len(amount["edges"]) + 1
+    assert abs(sum(amount["proportions"]) - 1) < 1e-9
+    assert len(amount["quantiles"]) == 101
     assert prof["card_present"]["kind"] == "categorical"
     assert set(prof["card_present"]["frequencies"]) == {"true", "false"}
     assert abs(sum(prof["merchant_category"]["frequencies"].values()) - 1) < 1e-9

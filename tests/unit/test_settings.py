@@ -10,7 +10,8 @@ from service.settings import Settings
 
 def test_defaults_need_no_configuration() -> None:
     s = Settings()
-    assert s.database_url is None and s.analyst_api_key is None
+    assert s.database_url is None
+    assert s.analyst_api_key is None
     assert s.inject_latency_s == 0
 
 
@@ -24,8 +25,10 @@ def test_placeholder_secrets_are_refused_in_production() -> None:
     with pytest.raises(ValidationError, match="placeholder"):
         Settings(environment="production", analyst_api_key="changeme")
     with pytest.raises(ValidationError, match="development password"):
-        Settings(environment="production",
-                 database_url="postgresql://inferwatch_writer:password@db/inferwatch")
+        Settings(
+            environment="production",
+            database_url="postgresql://inferwatch_writer:password@db/inferwatch",
+        )
     ok = Settings(environment="production", analyst_api_key="k" * 32)
     assert ok.analyst_api_key is not None
 
