@@ -71,6 +71,7 @@ class Settings(BaseSettings):
 
     # --- analysts ----------------------------------------------------------------
     analyst_api_key: SecretStr | None = None  # None: monitoring endpoints answer 401
+    analyst_database_url: SecretStr | None = None  # analyst-role DSN (monitoring, drift)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -88,8 +89,11 @@ class Settings(BaseSettings):
                     or len(value.get_secret_value()) < 16
                 ):
                     raise ValueError(f"{name} is a placeholder or too short for production")
-            if self.database_url is not None:
-                dsn = self.database_url.get_secret_value()
+            for dsn_name in ("database_url", "analyst_database_url"):
+                dsn_value: SecretStr | None = getattr(self, dsn_name)
+                if dsn_value is None:
+                    continue
+                dsn = dsn_value.get_secret_value()
                 if any(f":{p}@" in dsn for p in DEV_PLACEHOLDER_SECRETS):
-                    raise ValueError("database_url uses a development password in production")
+                    raise ValueError(f"{dsn_name} uses a development password in production")
         return self
