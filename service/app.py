@@ -138,6 +138,9 @@ def create_app(
             yield
         finally:
             runtime.ready = False
+            store = getattr(app.state, "monitoring_store", None)
+            if store is not None:  # the analyst connection pool of /v1/monitoring/*
+                store.close()
             try:
                 sink.close(settings.audit_shutdown_timeout_s)
             finally:
@@ -167,8 +170,16 @@ def create_app(
     app.include_router(model_routes.router)
     app.include_router(feedback.router)
     app.include_router(monitoring.router)
-    builtin = {id(r) for r in (health.router, predict.router, model_routes.router,
-                               feedback.router, monitoring.router)}
+    builtin = {
+        id(r)
+        for r in (
+            health.router,
+            predict.router,
+            model_routes.router,
+            feedback.router,
+            monitoring.router,
+        )
+    }
     for router in extra_routers:
         if id(router) not in builtin:
             app.include_router(router)

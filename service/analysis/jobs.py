@@ -36,26 +36,18 @@ from service.analysis.drift import DriftThresholds
 from service.analysis.runner import AnalysisResult, analyse, quality_only
 from service.inference.metadata import ModelMetadata
 from service.telemetry import instruments as names
+from service.telemetry.instruments import (
+    ANALYSIS_LAST_SUCCESS,
+    ANALYSIS_ROWS,
+    ATTR_STATISTIC,
+    DRIFT_DATASET,
+    DRIFT_STATISTIC,
+    QUALITY_ROC_AUC,
+)
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: Final = "inferwatch-analysis"
-# Names beside the ones of service/telemetry/instruments.py (to be moved there).
-DRIFT_STATISTIC: Final = "inferwatch.drift.statistic"  # Wasserstein / Jensen-Shannon value
-DRIFT_DATASET: Final = "inferwatch.drift.dataset_detected"
-QUALITY_ROC_AUC: Final = "inferwatch.quality.roc_auc"
-ANALYSIS_ROWS: Final = "inferwatch.analysis.window_rows"
-ANALYSIS_LAST_SUCCESS: Final = "inferwatch.analysis.last_success"
-ATTR_STATISTIC: Final = "statistic"
-# As Prometheus stores them (OTLP translation, UnderscoreEscapingWithSuffixes).
-PROM_DRIFT_PSI: Final = "inferwatch_drift_psi"
-PROM_DRIFT_DETECTED: Final = "inferwatch_drift_detected"
-PROM_DRIFT_STATISTIC: Final = "inferwatch_drift_statistic"
-PROM_DRIFT_DATASET: Final = "inferwatch_drift_dataset_detected"
-PROM_QUALITY_PRECISION: Final = "inferwatch_quality_precision_ratio"
-PROM_QUALITY_RECALL: Final = "inferwatch_quality_recall_ratio"
-PROM_QUALITY_LABEL_COVERAGE: Final = "inferwatch_quality_label_coverage_ratio"
-PROM_ANALYSIS_LAST_SUCCESS: Final = "inferwatch_analysis_last_success_seconds"
 
 
 @dataclass(frozen=True, slots=True)

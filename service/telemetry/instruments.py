@@ -59,6 +59,14 @@ DRIFT_DETECTED: Final = "inferwatch.drift.detected"
 QUALITY_PRECISION: Final = "inferwatch.quality.precision"
 QUALITY_RECALL: Final = "inferwatch.quality.recall"
 QUALITY_LABEL_COVERAGE: Final = "inferwatch.quality.label_coverage"
+# exported by the analysis job (service/analysis/jobs.py), a separate process
+DRIFT_STATISTIC: Final = "inferwatch.drift.statistic"  # Wasserstein / Jensen-Shannon value
+DRIFT_DATASET: Final = "inferwatch.drift.dataset_detected"
+QUALITY_ROC_AUC: Final = "inferwatch.quality.roc_auc"
+ANALYSIS_ROWS: Final = "inferwatch.analysis.window_rows"
+ANALYSIS_LAST_SUCCESS: Final = "inferwatch.analysis.last_success"
+ATTR_STATISTIC: Final = "statistic"
+# As Prometheus stores them (OTLP translation, UnderscoreEscapingWithSuffixes).
 
 # --- the same names as Prometheus stores them (OTLP translation) ------------------
 PROM_INFERENCE_DURATION: Final = "inferwatch_inference_duration_seconds"
@@ -67,6 +75,14 @@ PROM_PREDICTIONS: Final = "inferwatch_predictions_total"
 PROM_REJECTED_REQUESTS: Final = "inferwatch_requests_rejected_total"
 PROM_HTTP_SERVER_DURATION: Final = "http_server_request_duration_seconds"
 PROM_AUDIT_DROPPED: Final = "inferwatch_audit_dropped_total"
+PROM_DRIFT_PSI: Final = "inferwatch_drift_psi"
+PROM_DRIFT_DETECTED: Final = "inferwatch_drift_detected"
+PROM_DRIFT_STATISTIC: Final = "inferwatch_drift_statistic"
+PROM_DRIFT_DATASET: Final = "inferwatch_drift_dataset_detected"
+PROM_QUALITY_PRECISION: Final = "inferwatch_quality_precision_ratio"
+PROM_QUALITY_RECALL: Final = "inferwatch_quality_recall_ratio"
+PROM_QUALITY_LABEL_COVERAGE: Final = "inferwatch_quality_label_coverage_ratio"
+PROM_ANALYSIS_LAST_SUCCESS: Final = "inferwatch_analysis_last_success_seconds"
 PROM_LABEL_MODEL_NAME: Final = "model_name"
 PROM_LABEL_MODEL_VERSION: Final = "model_version"
 

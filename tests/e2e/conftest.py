@@ -26,8 +26,11 @@ T = TypeVar("T")
 
 
 def require_stack_binaries() -> None:
-    missing = [str(CACHE / "bin" / b) for b in ("otelcol-inferwatch", "prometheus")
-               if not (CACHE / "bin" / b).exists()]
+    missing = [
+        str(CACHE / "bin" / b)
+        for b in ("otelcol-inferwatch", "prometheus")
+        if not (CACHE / "bin" / b).exists()
+    ]
     try:
         find_pg_bin()
     except LaunchError as exc:
@@ -74,8 +77,9 @@ class Prom:
 
     def exemplars(self, expr: str, since_s: float = 900) -> list[dict[str, Any]]:
         now = time.time()
-        r = self.http.get("/api/v1/query_exemplars",
-                          params={"query": expr, "start": now - since_s, "end": now})
+        r = self.http.get(
+            "/api/v1/query_exemplars", params={"query": expr, "start": now - since_s, "end": now}
+        )
         r.raise_for_status()
         data: list[dict[str, Any]] = r.json()["data"]
         return data
@@ -117,9 +121,16 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     require_stack_binaries()
     failed_before = request.session.testsfailed
     run_dir = ROOT / "run" / f"e2e-{uuid.uuid4().hex[:8]}"
-    st = Stack(run_dir, Ports.free(), Options(collector=True, service_env={
-        "INFERWATCH_ENVIRONMENT": "test",
-    }))
+    st = Stack(
+        run_dir,
+        Ports.free(),
+        Options(
+            collector=True,
+            service_env={
+                "INFERWATCH_ENVIRONMENT": "test",
+            },
+        ),
+    )
     ok = False
     try:
         st.up()

@@ -29,8 +29,10 @@ def test_port_in_use_is_a_clear_error_not_a_hang() -> None:
         busy.listen()
         port = busy.getsockname()[1]
         ports = Ports.free()
-        stack = Stack(ROOT / "run" / f"busy-{uuid.uuid4().hex[:8]}",
-                      dataclasses.replace(ports, prometheus=port))
+        stack = Stack(
+            ROOT / "run" / f"busy-{uuid.uuid4().hex[:8]}",
+            dataclasses.replace(ports, prometheus=port),
+        )
         t0 = time.monotonic()
         with pytest.raises(LaunchError, match=rf"PROMETHEUS_PORT={port}"):
             stack.start_prometheus()
@@ -42,8 +44,11 @@ def test_port_in_use_is_a_clear_error_not_a_hang() -> None:
 def scrape_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     require_stack_binaries()
     failed_before = request.session.testsfailed
-    st = Stack(ROOT / "run" / f"e2e-nocol-{uuid.uuid4().hex[:8]}", Ports.free(),
-               Options(collector=False, service_env={"INFERWATCH_ENVIRONMENT": "test"}))
+    st = Stack(
+        ROOT / "run" / f"e2e-nocol-{uuid.uuid4().hex[:8]}",
+        Ports.free(),
+        Options(collector=False, service_env={"INFERWATCH_ENVIRONMENT": "test"}),
+    )
     try:
         st.up()
         yield st

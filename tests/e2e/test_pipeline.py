@@ -103,9 +103,7 @@ def _current_instance_count(prom: Prom, mv: str) -> float | None:
     if not res:
         return None
     newest = max(res, key=lambda r: float(r["value"][1]))["metric"]["instance"]
-    return prom.scalar(
-        f'sum(histogram_count({HIST}{{model_version="{mv}",instance="{newest}"}}))'
-    )
+    return prom.scalar(f'sum(histogram_count({HIST}{{model_version="{mv}",instance="{newest}"}}))')
 
 
 def test_histogram_count_reaches_exactly_n(
@@ -134,14 +132,14 @@ def test_p99_from_prometheus_within_5_percent_of_exact(
     exact_lat = poll(latencies, 60, f"{N} audit rows with the service's measured latency")
     exact = float(np.percentile(exact_lat, 99))
     poll(lambda: _count(prom, model_version) == N, 60, "all samples in Prometheus")
-    got = prom.scalar(
-        f'histogram_quantile(0.99, sum({HIST}{{model_version="{model_version}"}}))'
-    )
+    got = prom.scalar(f'histogram_quantile(0.99, sum({HIST}{{model_version="{model_version}"}}))')
     assert got is not None
     err = abs(got - exact) / exact
     RESULTS["p99"] = {"exact_s": exact, "prometheus_s": got, "relative_error": err, "n": N}
-    print(f"\n[e2e] P99 exact {exact * 1e3:.4f} ms, Prometheus {got * 1e3:.4f} ms, "
-          f"error {err:.2%} (n={N})")
+    print(
+        f"\n[e2e] P99 exact {exact * 1e3:.4f} ms, Prometheus {got * 1e3:.4f} ms, "
+        f"error {err:.2%} (n={N})"
+    )
     assert err <= 0.05
 
 
@@ -174,8 +172,12 @@ def test_exemplar_trace_id_is_among_exported_spans(
 ) -> None:
     def exemplar_ids() -> set[str] | None:
         data = prom.exemplars(f'{HIST}{{model_version="{model_version}"}}')
-        ids = {e["labels"]["trace_id"] for s in data for e in s["exemplars"]
-               if "trace_id" in e["labels"]}
+        ids = {
+            e["labels"]["trace_id"]
+            for s in data
+            for e in s["exemplars"]
+            if "trace_id" in e["labels"]
+        }
         return ids or None
 
     ids = poll(exemplar_ids, 60, "exemplars with trace ids on the latency histogram")
@@ -200,10 +202,15 @@ def test_freshness_response_to_prometheus(
 
         poll(arrived, 30, "the new prediction in Prometheus", interval_s=0.05)
         delays.append(time.monotonic() - t0)
-    RESULTS["freshness_s"] = {"median": statistics.median(delays), "max": max(delays),
-                              "samples": delays}
-    print(f"\n[e2e] freshness (response -> visible in Prometheus): median "
-          f"{statistics.median(delays):.2f}s, max {max(delays):.2f}s")
+    RESULTS["freshness_s"] = {
+        "median": statistics.median(delays),
+        "max": max(delays),
+        "samples": delays,
+    }
+    print(
+        f"\n[e2e] freshness (response -> visible in Prometheus): median "
+        f"{statistics.median(delays):.2f}s, max {max(delays):.2f}s"
+    )
     assert max(delays) < 15
 
 
@@ -216,8 +223,11 @@ ONLY_ON_FAILURE = re.compile(
 
 def test_every_metric_name_in_the_rules_exists(prom: Prom, first_n: list[dict[str, Any]]) -> None:
     """The contract: every name a rule uses is emitted by the service or the collector."""
-    poll(lambda: any(n.startswith("otelcol_receiver_refused_") for n in prom.metric_names()),
-         60, "collector self-metrics scraped")
+    poll(
+        lambda: any(n.startswith("otelcol_receiver_refused_") for n in prom.metric_names()),
+        60,
+        "collector self-metrics scraped",
+    )
     present = prom.metric_names()
     names_used: set[str] = set()
     patterns_used: set[str] = set()
@@ -225,10 +235,12 @@ def test_every_metric_name_in_the_rules_exists(prom: Prom, first_n: list[dict[st
         expr = rule["expr"]
         patterns_used |= set(re.findall(r'__name__=~"([^"]+)"', expr))
         plain = re.sub(r'__name__=~"[^"]*"', "", expr)
-        names_used |= set(re.findall(r"\b((?:inferwatch|http_server|otelcol|target)_[a-z_]+)\b",
-                                     plain))
+        names_used |= set(
+            re.findall(r"\b((?:inferwatch|http_server|otelcol|target)_[a-z_]+)\b", plain)
+        )
     missing = sorted(
-        p for p in patterns_used
+        p
+        for p in patterns_used
         if not ONLY_ON_FAILURE.match(p) and not any(re.fullmatch(p, n) for n in present)
     )
     for name in sorted(n for n in names_used if not ONLY_ON_FAILURE.match(n)):
@@ -270,8 +282,11 @@ def _restart_service(
     stack.start_service()
     traffic.served_by_process = 0
     traffic.send(3, threads=1)
-    poll(lambda: _current_instance_count(prom, model_version) == 3, 60,
-         "the restarted service's first samples in Prometheus")
+    poll(
+        lambda: _current_instance_count(prom, model_version) == 3,
+        60,
+        "the restarted service's first samples in Prometheus",
+    )
 
 
 def test_injected_latency_makes_the_p99_alert_expression_fire_then_recover(
@@ -280,8 +295,9 @@ def test_injected_latency_makes_the_p99_alert_expression_fire_then_recover(
     expr = _alert_expr("InferwatchInferenceP99High")
     assert prom.query(expr) == [], "P99 alert expression true before any injection"
     slow = 2 * THRESHOLD_S
-    _restart_service(stack, prom, traffic, model_version,
-                     {"INFERWATCH_INJECT_LATENCY_S": str(slow)})
+    _restart_service(
+        stack, prom, traffic, model_version, {"INFERWATCH_INJECT_LATENCY_S": str(slow)}
+    )
     k = 15  # ~2.4% of the ~600 fast predictions so far: P99 lands among the slow ones
     took = [t for _, t in traffic.send(k, threads=4)]
     assert min(took) >= slow
@@ -305,16 +321,25 @@ def test_collector_outage_neither_fails_nor_slows_predictions_and_metrics_resume
     p50_b, p50_d = statistics.median(baseline), statistics.median(during)
     p99_b = float(np.percentile(baseline, 99))
     p99_d = float(np.percentile(during, 99))
-    RESULTS["collector_outage"] = {"p50_before_s": p50_b, "p50_during_s": p50_d,
-                                   "p99_before_s": p99_b, "p99_during_s": p99_d}
-    print(f"\n[e2e] collector down: p50 {p50_b * 1e3:.2f} -> {p50_d * 1e3:.2f} ms, "
-          f"p99 {p99_b * 1e3:.2f} -> {p99_d * 1e3:.2f} ms")
+    RESULTS["collector_outage"] = {
+        "p50_before_s": p50_b,
+        "p50_during_s": p50_d,
+        "p99_before_s": p99_b,
+        "p99_during_s": p99_d,
+    }
+    print(
+        f"\n[e2e] collector down: p50 {p50_b * 1e3:.2f} -> {p50_d * 1e3:.2f} ms, "
+        f"p99 {p99_b * 1e3:.2f} -> {p99_d * 1e3:.2f} ms"
+    )
     assert p50_d <= p50_b * 1.5 + 0.001
     assert p99_d <= p99_b * 2 + 0.005
     stack.start_collector()
     served = traffic.served_by_process
-    poll(lambda: _current_instance_count(prom, model_version) == served, 90,
-         f"metrics resume: the current process's count reaches {served}")
+    poll(
+        lambda: _current_instance_count(prom, model_version) == served,
+        90,
+        f"metrics resume: the current process's count reaches {served}",
+    )
 
 
 def teardown_module() -> None:

@@ -11,8 +11,6 @@ import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from service.analysis.jobs import (
-    DRIFT_DATASET,
-    DRIFT_STATISTIC,
     AnalysisGauges,
     JobConfig,
     meter_provider,
@@ -22,6 +20,7 @@ from service.inference import data
 from service.inference.metadata import ModelMetadata
 from service.inference.training import card_fraud_schema, reference_profile
 from service.telemetry import instruments as names
+from service.telemetry.instruments import DRIFT_DATASET, DRIFT_STATISTIC
 from tests.fixtures.pg import AuditDb
 from tests.integration.test_analysis_drift import insert_predictions
 

@@ -30,6 +30,7 @@ from service.analysis.quality import Quality
 from service.analysis.runner import AnalysisResult
 from service.inference.metadata import ModelMetadata
 from service.inference.training import card_fraud_schema
+from service.telemetry import instruments as names
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +116,7 @@ def test_rule_metric_names_exist_in_prometheus(prometheus: str) -> None:
         for r in g["rules"]
         for n in re.findall(r"\b(inferwatch_[a-z_]+)\b", r["expr"])
     }
-    used |= {jobs.PROM_DRIFT_PSI, jobs.PROM_DRIFT_STATISTIC, jobs.PROM_DRIFT_DATASET}
+    used |= {names.PROM_DRIFT_PSI, names.PROM_DRIFT_STATISTIC, names.PROM_DRIFT_DATASET}
     deadline = time.monotonic() + 20
     present: set[str] = set()
     while time.monotonic() < deadline:

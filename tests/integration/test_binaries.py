@@ -43,8 +43,9 @@ def binary(name: str) -> Path:
 
 
 def run(*argv: str | Path) -> str:
-    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=60,
-                          check=False)
+    proc = subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, f"{argv} failed: {proc.stdout}{proc.stderr}"
     return proc.stdout + proc.stderr
 
@@ -59,8 +60,10 @@ def component_types(config: dict[str, Any]) -> dict[str, set[str]]:
 
 def test_collector_has_every_component_the_configs_use() -> None:
     out = yaml.safe_load(run(binary("otelcol-inferwatch"), "components"))
-    built = {kind: {c["name"] for c in out.get(kind) or []}
-             for kind in ("receivers", "processors", "exporters", "connectors", "extensions")}
+    built = {
+        kind: {c["name"] for c in out.get(kind) or []}
+        for kind in ("receivers", "processors", "exporters", "connectors", "extensions")
+    }
     # what this project relies on, by name (the names changed recently: assert them)
     assert {"otlp"} <= built["receivers"]
     assert {"memory_limiter", "batch"} <= built["processors"]

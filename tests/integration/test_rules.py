@@ -36,8 +36,9 @@ def promtool() -> Path:
 
 
 def run(*argv: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, cwd=cwd, timeout=300, check=False
+    )
 
 
 def alerts() -> list[dict[str, Any]]:
