@@ -159,8 +159,9 @@ def find_pg_bin() -> Path:
     for c in cands:
         if (c / "initdb").exists():
             return c
-    raise LaunchError("Postgres binaries not found under /usr/lib/postgresql/*/bin: "
-                      "run stack/install.sh")
+    raise LaunchError(
+        "Postgres binaries not found under /usr/lib/postgresql/*/bin: run stack/install.sh"
+    )
 
 
 def venv_bin(name: str) -> Path:
@@ -212,7 +213,10 @@ def pid_alive(pid: int) -> bool:
 
 
 def wait_for(
-    check: Callable[[], bool], deadline_s: float, what: str, alive: Callable[[], bool],
+    check: Callable[[], bool],
+    deadline_s: float,
+    what: str,
+    alive: Callable[[], bool],
     log: Path | None = None,
 ) -> None:
     """Poll `check` until true; fail early when the process died, or at the deadline."""
@@ -331,8 +335,12 @@ class Stack:
         return f"http://127.0.0.1:{self.ports.service}"
 
     def dsn(self, role: str, db: str = DB_NAME) -> str:
-        user = {"postgres": "postgres", "owner": "inferwatch_owner",
-                "writer": "inferwatch_writer", "analyst": "inferwatch_analyst"}[role]
+        user = {
+            "postgres": "postgres",
+            "owner": "inferwatch_owner",
+            "writer": "inferwatch_writer",
+            "analyst": "inferwatch_analyst",
+        }[role]
         pw = self.secrets()[role]
         return f"postgresql://{user}:{pw}@127.0.0.1:{self.ports.postgres}/{db}"
 
@@ -361,8 +369,13 @@ class Stack:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (handed to the child)
         try:
             proc = subprocess.Popen(
-                argv, cwd=cwd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                argv,
+                cwd=cwd,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         finally:
             log.close()
@@ -372,8 +385,13 @@ class Stack:
 
     def _wait_healthy(self, name: str, check: Callable[[], bool], deadline_s: float) -> None:
         pid = self.pid(name)
-        wait_for(check, deadline_s, name, lambda: pid is not None and pid_alive(pid),
-                 self.logs / f"{name}.log")
+        wait_for(
+            check,
+            deadline_s,
+            name,
+            lambda: pid is not None and pid_alive(pid),
+            self.logs / f"{name}.log",
+        )
 
     # -- Postgres ----------------------------------------------------------------------
     def _as_postgres(self, argv: list[str]) -> list[str]:
@@ -383,8 +401,10 @@ class Stack:
         cmd = self._as_postgres([str(find_pg_bin() / argv[0]), *argv[1:]])
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         if proc.returncode != 0:
-            raise LaunchError(f"{argv[0]} failed ({proc.returncode}): {proc.stdout}{proc.stderr}"
-                              f"{_log_tail(self.pg_dir / 'postgres.log')}")
+            raise LaunchError(
+                f"{argv[0]} failed ({proc.returncode}): {proc.stdout}{proc.stderr}"
+                f"{_log_tail(self.pg_dir / 'postgres.log')}"
+            )
 
     def start_postgres(self, deadline_s: float = 60) -> None:
         check_ports_free("postgres", {"POSTGRES_PORT": self.ports.postgres})
@@ -399,16 +419,39 @@ class Stack:
                 shutil.chown(pwfile, "postgres", "postgres")
             pwfile.chmod(0o600)
             try:
-                self._pg("initdb", "-D", str(self.pg_data), "-U", "postgres", "-E", "UTF8",
-                         "--auth-local=peer", "--auth-host=scram-sha-256",
-                         f"--pwfile={pwfile}")
+                self._pg(
+                    "initdb",
+                    "-D",
+                    str(self.pg_data),
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--auth-local=peer",
+                    "--auth-host=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                )
             finally:
                 pwfile.unlink(missing_ok=True)
         # Settings on the command line: the run's port, loopback only, our socket dir.
-        opts = (f"-c port={self.ports.postgres} -c listen_addresses=127.0.0.1 "
-                f"-c unix_socket_directories={self.pg_dir}")
-        self._pg("pg_ctl", "-D", str(self.pg_data), "-l", str(self.pg_dir / "postgres.log"),
-                 "-o", opts, "-w", "-t", str(int(deadline_s)), "start", timeout=deadline_s + 10)
+        opts = (
+            f"-c port={self.ports.postgres} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={self.pg_dir}"
+        )
+        self._pg(
+            "pg_ctl",
+            "-D",
+            str(self.pg_data),
+            "-l",
+            str(self.pg_dir / "postgres.log"),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            str(int(deadline_s)),
+            "start",
+            timeout=deadline_s + 10,
+        )
         self._started.append("postgres")
         self.logs.mkdir(parents=True, exist_ok=True)
         link = self.logs / "postgres.log"
@@ -419,8 +462,18 @@ class Stack:
         if not (self.pg_data / "postmaster.pid").exists():
             return
         try:
-            self._pg("pg_ctl", "-D", str(self.pg_data), "-m", "fast", "-w",
-                     "-t", str(int(deadline_s)), "stop", timeout=deadline_s + 10)
+            self._pg(
+                "pg_ctl",
+                "-D",
+                str(self.pg_data),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                str(int(deadline_s)),
+                "stop",
+                timeout=deadline_s + 10,
+            )
         except LaunchError:
             pid = self.pid("postgres")
             if pid is not None:
@@ -432,8 +485,10 @@ class Stack:
 
         pw = self.secrets()
         with psycopg.connect(self.dsn("postgres", "postgres"), autocommit=True) as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                            (DB_NAME,)).fetchone() is None:
+            if (
+                conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone()
+                is None
+            ):
                 conn.execute(f'CREATE DATABASE "{DB_NAME}"')
         env = {
             "INFERWATCH_OWNER_PASSWORD": pw["owner"],
@@ -446,18 +501,29 @@ class Stack:
             ("db migrate", [cli, "db", "migrate", "--dsn", self.dsn("owner")]),
         ]
         for what, argv in steps:
-            proc = subprocess.run(argv, cwd=ROOT, env={**os.environ, **env}, capture_output=True,
-                                  text=True, timeout=300, check=False)
+            proc = subprocess.run(
+                argv,
+                cwd=ROOT,
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
             with open(self.logs / "db.log", "a") as f:
                 f.write(f"$ inferwatch {what}\n{proc.stdout}{proc.stderr}\n")
             if proc.returncode != 0:
                 missing = "No such command" in proc.stderr or "No such command" in proc.stdout
                 if missing and self.options.allow_missing_migrate:
-                    print(f"[launch] WARNING: `inferwatch {what}` does not exist yet; "
-                          "continuing because of --allow-missing-migrate", file=sys.stderr)
+                    print(
+                        f"[launch] WARNING: `inferwatch {what}` does not exist yet; "
+                        "continuing because of --allow-missing-migrate",
+                        file=sys.stderr,
+                    )
                     return
-                raise LaunchError(f"inferwatch {what} failed ({proc.returncode}):\n"
-                                  f"{proc.stdout}{proc.stderr}")
+                raise LaunchError(
+                    f"inferwatch {what} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
+                )
 
     # -- collector ---------------------------------------------------------------------
     def collector_env(self) -> dict[str, str]:
@@ -474,16 +540,24 @@ class Stack:
 
     def start_collector(self, deadline_s: float = 30) -> None:
         p = self.ports
-        check_ports_free("collector", {
-            "OTELCOL_OTLP_GRPC_PORT": p.otlp_grpc, "OTELCOL_OTLP_HTTP_PORT": p.otlp_http,
-            "OTELCOL_METRICS_PORT": p.otelcol_metrics, "OTELCOL_HEALTH_PORT": p.otelcol_health,
-        })
+        check_ports_free(
+            "collector",
+            {
+                "OTELCOL_OTLP_GRPC_PORT": p.otlp_grpc,
+                "OTELCOL_OTLP_HTTP_PORT": p.otlp_http,
+                "OTELCOL_METRICS_PORT": p.otelcol_metrics,
+                "OTELCOL_HEALTH_PORT": p.otelcol_health,
+            },
+        )
         self.traces_file.parent.mkdir(parents=True, exist_ok=True)
-        argv = [str(find_binary("otelcol-inferwatch")),
-                f"--config={ROOT / 'collector' / 'config.yaml'}"]
+        argv = [
+            str(find_binary("otelcol-inferwatch")),
+            f"--config={ROOT / 'collector' / 'config.yaml'}",
+        ]
         self._spawn("collector", argv, self.collector_env(), self.run_dir)
-        self._wait_healthy("collector",
-                           lambda: http_ok(f"http://127.0.0.1:{p.otelcol_health}/"), deadline_s)
+        self._wait_healthy(
+            "collector", lambda: http_ok(f"http://127.0.0.1:{p.otelcol_health}/"), deadline_s
+        )
 
     # -- Prometheus --------------------------------------------------------------------
     def write_prometheus_targets(self) -> None:
@@ -506,8 +580,10 @@ class Stack:
     def start_prometheus(self, deadline_s: float = 60) -> None:
         check_ports_free("prometheus", {"PROMETHEUS_PORT": self.ports.prometheus})
         self.prom_dir.mkdir(parents=True, exist_ok=True)
-        for name, target in (("prometheus.yml", ROOT / "prometheus" / "prometheus.yml"),
-                             ("rules", ROOT / "prometheus" / "rules")):
+        for name, target in (
+            ("prometheus.yml", ROOT / "prometheus" / "prometheus.yml"),
+            ("rules", ROOT / "prometheus" / "rules"),
+        ):
             link = self.prom_dir / name
             if link.is_symlink() or link.exists():
                 link.unlink()
@@ -524,8 +600,9 @@ class Stack:
             "--storage.tsdb.retention.time=3d",
         ]
         self._spawn("prometheus", argv, {}, self.prom_dir)
-        self._wait_healthy("prometheus", lambda: http_ok(f"{self.prometheus_url}/-/ready"),
-                           deadline_s)
+        self._wait_healthy(
+            "prometheus", lambda: http_ok(f"{self.prometheus_url}/-/ready"), deadline_s
+        )
 
     # -- the service -------------------------------------------------------------------
     def service_env(self) -> dict[str, str]:
@@ -590,11 +667,12 @@ class Stack:
         p = self.ports
         checks: dict[str, tuple[str, Callable[[], bool]]] = {
             "postgres": (f"127.0.0.1:{p.postgres}", lambda: tcp_ok(p.postgres)),
-            "collector": (f"otlp grpc :{p.otlp_grpc} http :{p.otlp_http}, health "
-                          f":{p.otelcol_health}, metrics :{p.otelcol_metrics}",
-                          lambda: http_ok(f"http://127.0.0.1:{p.otelcol_health}/")),
-            "prometheus": (self.prometheus_url,
-                           lambda: http_ok(f"{self.prometheus_url}/-/ready")),
+            "collector": (
+                f"otlp grpc :{p.otlp_grpc} http :{p.otlp_http}, health "
+                f":{p.otelcol_health}, metrics :{p.otelcol_metrics}",
+                lambda: http_ok(f"http://127.0.0.1:{p.otelcol_health}/"),
+            ),
+            "prometheus": (self.prometheus_url, lambda: http_ok(f"{self.prometheus_url}/-/ready")),
             "service": (self.service_url, lambda: http_ok(f"{self.service_url}/readyz")),
         }
         out = []
@@ -602,8 +680,16 @@ class Stack:
             pid = self.pid(name)
             running = pid is not None and pid_alive(pid)
             endpoint, check = checks[name]
-            out.append(ComponentStatus(name, pid, running, running and check(), endpoint,
-                                       str(self.logs / f"{name}.log")))
+            out.append(
+                ComponentStatus(
+                    name,
+                    pid,
+                    running,
+                    running and check(),
+                    endpoint,
+                    str(self.logs / f"{name}.log"),
+                )
+            )
         return out
 
 
@@ -618,17 +704,28 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="stack/launch.py", description=__doc__.splitlines()[0])
     ap.add_argument("command", choices=["up", "down", "status"])
     ap.add_argument("--name", default="default", help="run folder: run/<name>/")
-    ap.add_argument("--no-collector", action="store_true",
-                    help="no collector: the service keeps /metrics, Prometheus scrapes it")
-    ap.add_argument("--allow-missing-migrate", action="store_true",
-                    help="interim: continue when `inferwatch db` does not exist yet")
+    ap.add_argument(
+        "--no-collector",
+        action="store_true",
+        help="no collector: the service keeps /metrics, Prometheus scrapes it",
+    )
+    ap.add_argument(
+        "--allow-missing-migrate",
+        action="store_true",
+        help="interim: continue when `inferwatch db` does not exist yet",
+    )
     args = ap.parse_args(argv)
     run_dir = _run_dir(args.name)
     try:
         if args.command == "up":
-            stack = Stack(run_dir, Ports.load(),
-                          Options(collector=not args.no_collector,
-                                  allow_missing_migrate=args.allow_missing_migrate))
+            stack = Stack(
+                run_dir,
+                Ports.load(),
+                Options(
+                    collector=not args.no_collector,
+                    allow_missing_migrate=args.allow_missing_migrate,
+                ),
+            )
             t0 = time.monotonic()
             stack.up()
             print(f"[launch] up in {time.monotonic() - t0:.1f}s; run folder {run_dir}")

@@ -109,9 +109,7 @@ def slo_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
             },
             {
                 "record": f"inferwatch:inference_latency_burn:rate{w}",
-                "expr": (
-                    f"(1 - inferwatch:inference_latency_sli:ratio_rate{w}) / {lat_budget}"
-                ),
+                "expr": (f"(1 - inferwatch:inference_latency_sli:ratio_rate{w}) / {lat_budget}"),
             },
             {
                 "record": f"inferwatch:http_errors:ratio_rate{w}",
@@ -132,7 +130,12 @@ def slo_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _alert(
-    slo: dict[str, Any], name: str, expr: str, severity: str, summary: str, description: str,
+    slo: dict[str, Any],
+    name: str,
+    expr: str,
+    severity: str,
+    summary: str,
+    description: str,
     for_: str | None = None,
 ) -> dict[str, Any]:
     rule: dict[str, Any] = {"alert": name, "expr": expr}
@@ -181,8 +184,10 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
     ms = f"{float(lat['threshold_seconds']) * 1000:g} ms"
     rules = [
         _alert(
-            slo, "InferwatchInferenceP99High",
-            f"inferwatch:inference_latency:p99_5m > {t}", "page",
+            slo,
+            "InferwatchInferenceP99High",
+            f"inferwatch:inference_latency:p99_5m > {t}",
+            "page",
             "P99 inference latency of {{ $labels.model_name }} {{ $labels.model_version }} "
             f"above {ms}",
             f"P99 of predict_proba over 5m is above {ms} for {lat['p99_for']} for model "
@@ -194,95 +199,128 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
     for sev in ("page", "ticket"):
         rows = ", ".join(
             f"{r['long']}/{r['short']} at {_num(r['factor'])}x"
-            for r in slo["burn_rates"] if r["severity"] == sev
+            for r in slo["burn_rates"]
+            if r["severity"] == sev
         )
-        rules.append(_alert(
-            slo, "InferwatchLatencyBudgetBurn",
-            _burn_expr(slo, "inferwatch:inference_latency_burn:rate", sev), sev,
-            "{{ $labels.model_name }} burns its latency error budget too fast",
-            f"Predictions slower than {ms} use up the {_num(lat['objective'] * 100)}% SLO's "
-            f"error budget too fast (burn-rate windows {rows}); see "
-            "inferwatch:inference_latency_burn:rate*.",
-            slo["burn_for"][sev],
-        ))
-        rules.append(_alert(
-            slo, "InferwatchErrorBudgetBurn",
-            _burn_expr(slo, "inferwatch:http_errors_burn:rate", sev), sev,
-            "Prediction requests fail (5xx) fast enough to burn the error budget",
-            f"The 5xx ratio of prediction requests uses up the {_num(err['objective'] * 100)}% "
-            f"SLO's error budget too fast (burn-rate windows {rows}); see "
-            "inferwatch:http_errors_burn:rate*.",
-            slo["burn_for"][sev],
-        ))
+        rules.append(
+            _alert(
+                slo,
+                "InferwatchLatencyBudgetBurn",
+                _burn_expr(slo, "inferwatch:inference_latency_burn:rate", sev),
+                sev,
+                "{{ $labels.model_name }} burns its latency error budget too fast",
+                f"Predictions slower than {ms} use up the {_num(lat['objective'] * 100)}% SLO's "
+                f"error budget too fast (burn-rate windows {rows}); see "
+                "inferwatch:inference_latency_burn:rate*.",
+                slo["burn_for"][sev],
+            )
+        )
+        rules.append(
+            _alert(
+                slo,
+                "InferwatchErrorBudgetBurn",
+                _burn_expr(slo, "inferwatch:http_errors_burn:rate", sev),
+                sev,
+                "Prediction requests fail (5xx) fast enough to burn the error budget",
+                f"The 5xx ratio of prediction requests uses up the {_num(err['objective'] * 100)}% "
+                f"SLO's error budget too fast (burn-rate windows {rows}); see "
+                "inferwatch:http_errors_burn:rate*.",
+                slo["burn_for"][sev],
+            )
+        )
     nd = slo["no_data"]
-    rules.append(_alert(
-        slo, "InferwatchNoData",
-        f'absent_over_time(target_info{{job="{job}"}}[{nd["window"]}])', "page",
-        "No telemetry from the inferwatch service",
-        f"Prometheus has received no series from job={job} for {nd['window']}: the "
-        "service, the collector or the path between them is down.",
-        nd["for"],
-    ))
+    rules.append(
+        _alert(
+            slo,
+            "InferwatchNoData",
+            f'absent_over_time(target_info{{job="{job}"}}[{nd["window"]}])',
+            "page",
+            "No telemetry from the inferwatch service",
+            f"Prometheus has received no series from job={job} for {nd['window']}: the "
+            "service, the collector or the path between them is down.",
+            nd["for"],
+        )
+    )
     cf = slo["collector"]["for"]
-    rules.append(_alert(
-        slo, "InferwatchCollectorRefusingData",
-        _per_name_rate_expr(["otelcol_receiver_refused"]),
-        "ticket",
-        "The collector refuses telemetry (memory limiter)",
-        "Collector {{ $labels.instance }} refuses incoming spans or metric points "
-        "(otelcol_receiver_refused_*): senders retry and then drop them.",
-        cf,
-    ))
-    rules.append(_alert(
-        slo, "InferwatchCollectorExportFailing",
-        _per_name_rate_expr(["otelcol_exporter_send_failed", "otelcol_exporter_enqueue_failed"]),
-        "page",
-        "The collector fails to export telemetry",
-        "Collector {{ $labels.instance }} fails to send data to Prometheus or the trace "
-        "backend (otelcol_exporter_*_failed_*): dashboards and SLO alerts go blind.",
-        cf,
-    ))
-    rules.append(_alert(
-        slo, "InferwatchAuditRecordsDropped",
-        "sum by (job, instance) "
-        f"(increase(inferwatch_audit_dropped_total[{aud['dropped_window']}])) > 0",
-        "page",
-        "Audit records were lost",
-        "Audit records were dropped by {{ $labels.instance }} in the last "
-        f"{aud['dropped_window']}: the disk spool could not be written.",
-    ))
-    rules.append(_alert(
-        slo, "InferwatchAuditSpoolGrowing",
-        f"delta(inferwatch_audit_spool_size[{aud['spool_growing_window']}]) > 0",
-        "ticket",
-        "The audit spool keeps growing",
-        "The disk spool of {{ $labels.instance }} has grown over every "
-        f"{aud['spool_growing_window']} window for {aud['spool_growing_for']}: "
-        "Postgres is unreachable or too slow.",
-        aud["spool_growing_for"],
-    ))
+    rules.append(
+        _alert(
+            slo,
+            "InferwatchCollectorRefusingData",
+            _per_name_rate_expr(["otelcol_receiver_refused"]),
+            "ticket",
+            "The collector refuses telemetry (memory limiter)",
+            "Collector {{ $labels.instance }} refuses incoming spans or metric points "
+            "(otelcol_receiver_refused_*): senders retry and then drop them.",
+            cf,
+        )
+    )
+    rules.append(
+        _alert(
+            slo,
+            "InferwatchCollectorExportFailing",
+            _per_name_rate_expr(
+                ["otelcol_exporter_send_failed", "otelcol_exporter_enqueue_failed"]
+            ),
+            "page",
+            "The collector fails to export telemetry",
+            "Collector {{ $labels.instance }} fails to send data to Prometheus or the trace "
+            "backend (otelcol_exporter_*_failed_*): dashboards and SLO alerts go blind.",
+            cf,
+        )
+    )
+    rules.append(
+        _alert(
+            slo,
+            "InferwatchAuditRecordsDropped",
+            "sum by (job, instance) "
+            f"(increase(inferwatch_audit_dropped_total[{aud['dropped_window']}])) > 0",
+            "page",
+            "Audit records were lost",
+            "Audit records were dropped by {{ $labels.instance }} in the last "
+            f"{aud['dropped_window']}: the disk spool could not be written.",
+        )
+    )
+    rules.append(
+        _alert(
+            slo,
+            "InferwatchAuditSpoolGrowing",
+            f"delta(inferwatch_audit_spool_size[{aud['spool_growing_window']}]) > 0",
+            "ticket",
+            "The audit spool keeps growing",
+            "The disk spool of {{ $labels.instance }} has grown over every "
+            f"{aud['spool_growing_window']} window for {aud['spool_growing_for']}: "
+            "Postgres is unreachable or too slow.",
+            aud["spool_growing_for"],
+        )
+    )
     age = int(aud["spool_oldest_age_minutes"]) * 60
-    rules.append(_alert(
-        slo, "InferwatchAuditSpoolStale",
-        f"max by (job, instance) (inferwatch_audit_spool_oldest_age_seconds) > {age}",
-        "ticket",
-        "Audit records wait in the spool too long",
-        "The oldest spooled audit record of {{ $labels.instance }} is older than "
-        f"{aud['spool_oldest_age_minutes']} min: analysts miss recent predictions.",
-    ))
+    rules.append(
+        _alert(
+            slo,
+            "InferwatchAuditSpoolStale",
+            f"max by (job, instance) (inferwatch_audit_spool_oldest_age_seconds) > {age}",
+            "ticket",
+            "Audit records wait in the spool too long",
+            "The oldest spooled audit record of {{ $labels.instance }} is older than "
+            f"{aud['spool_oldest_age_minutes']} min: analysts miss recent predictions.",
+        )
+    )
     sw = aud["stalled_window"]
-    rules.append(_alert(
-        slo, "InferwatchAuditWriterStalled",
-        f"min by (job, instance) (min_over_time(inferwatch_audit_queue_depth[{sw}])) > 0\n"
-        f"unless on (job, instance)\n"
-        f"sum by (job, instance) (increase(inferwatch_audit_written_total[{sw}])) > 0\n"
-        f"unless on (job, instance)\n"
-        f"sum by (job, instance) (increase(inferwatch_audit_spooled_total[{sw}])) > 0",
-        "ticket",
-        "The audit writer makes no progress",
-        "The audit queue of {{ $labels.instance }} has been non-empty for "
-        f"{sw} while nothing was written to Postgres or spooled.",
-    ))
+    rules.append(
+        _alert(
+            slo,
+            "InferwatchAuditWriterStalled",
+            f"min by (job, instance) (min_over_time(inferwatch_audit_queue_depth[{sw}])) > 0\n"
+            f"unless on (job, instance)\n"
+            f"sum by (job, instance) (increase(inferwatch_audit_written_total[{sw}])) > 0\n"
+            f"unless on (job, instance)\n"
+            f"sum by (job, instance) (increase(inferwatch_audit_spooled_total[{sw}])) > 0",
+            "ticket",
+            "The audit writer makes no progress",
+            "The audit queue of {{ $labels.instance }} has been non-empty for "
+            f"{sw} while nothing was written to Postgres or spooled.",
+        )
+    )
     return rules
 
 
@@ -325,9 +363,7 @@ def _render_labels(template: str, labels: dict[str, str]) -> str:
 
 def render_tests(slo: dict[str, Any], scenarios: dict[str, Any]) -> str:
     """The scenarios plus, for every expected alert, the annotations its rule renders."""
-    templates = {
-        (r["alert"], r["labels"]["severity"]): r["annotations"] for r in alert_rules(slo)
-    }
+    templates = {(r["alert"], r["labels"]["severity"]): r["annotations"] for r in alert_rules(slo)}
     out = copy.deepcopy(scenarios)
     out = {"rule_files": ["../rules/inferwatch.yml"], **out}
     for test in out["tests"]:
