@@ -9,6 +9,7 @@ metric reader, audit sink and a small model.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
@@ -134,6 +135,11 @@ def create_app(
             loaded.metadata.version,
             telemetry.resource.attributes.get("service.instance.id"),
         )
+        # Everything alive now lives as long as the process: move it out of the GC's
+        # reach, so full collections (triggered by records and spans awaiting flush)
+        # scan only request-time objects: ~100 ms pauses became ~2 ms (bench/overhead).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
