@@ -60,13 +60,6 @@ def resolve_model(settings: Settings) -> LoadedModel:
     return load_model(path)
 
 
-def _default_audit_sink(settings: Settings, telemetry: Telemetry) -> AuditSink:
-    from service.audit.factory import build_audit_sink
-
-    meter = telemetry.meter or NoOpMeterProvider().get_meter(names.SCOPE_NAME)
-    return build_audit_sink(settings, meter)
-
-
 def _wire_http_instrumentation(app: FastAPI, settings: Settings, telemetry: Telemetry) -> None:
     """Exactly one HTTP server instrumentation (docs/decisions.md has the measurements)."""
     mode = settings.http_instrumentation
@@ -113,7 +106,13 @@ def create_app(
         )
         _wire_http_instrumentation(app, settings, telemetry)
         meter = telemetry.meter or NoOpMeterProvider().get_meter(names.SCOPE_NAME)
-        sink = audit_sink or _default_audit_sink(settings, telemetry)
+        sink: AuditSink
+        if audit_sink is not None:
+            sink = audit_sink
+        else:
+            from service.audit.factory import build_audit_sink
+
+            sink = build_audit_sink(settings, meter)
         sink.start()
         runtime = Runtime(
             settings=settings,
