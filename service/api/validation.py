@@ -76,6 +76,26 @@ def string_problem(value: Any, max_len: int) -> str | None:
     return None
 
 
+def validate_entity(
+    entity: Any, prefix: str, max_string_length: int
+) -> tuple[list[Problem], tuple[str, str] | None]:
+    """The caller's ``{"type", "id"}`` entity: its problems, or the (type, id) pair."""
+    if not isinstance(entity, dict):
+        return [Problem(f"{prefix}entity", f"must be an object, got {_type_name(entity)}")], None
+    problems = [
+        Problem(f"{prefix}entity.{_key(key)}", "unknown field")
+        for key in entity
+        if key not in ENTITY_KEYS
+    ]
+    for key, limit in (("type", ENTITY_TYPE_MAX), ("id", max_string_length)):
+        msg = string_problem(entity[key], limit) if key in entity else "required"
+        if msg:
+            problems.append(Problem(f"{prefix}entity.{key}", msg))
+    if problems:
+        return problems, None
+    return [], (entity["type"], entity["id"])
+
+
 class InstanceValidator:
     """Validates one instance; built once per model (precomputed specs)."""
 
@@ -155,25 +175,11 @@ class InstanceValidator:
                 else:
                     clean[spec.name] = value
         entity_type = entity_id = request_id = None
-        entity = obj.get("entity")
-        if entity is not None:
-            if not isinstance(entity, dict):
-                problems.append(
-                    Problem(f"{prefix}entity", f"must be an object, got {_type_name(entity)}")
-                )
-            else:
-                for key in entity:
-                    if key not in ENTITY_KEYS:
-                        problems.append(Problem(f"{prefix}entity.{_key(key)}", "unknown field"))
-                for key, limit in (("type", ENTITY_TYPE_MAX), ("id", self.max_string_length)):
-                    if key not in entity:
-                        problems.append(Problem(f"{prefix}entity.{key}", "required"))
-                        continue
-                    msg = string_problem(entity[key], limit)
-                    if msg:
-                        problems.append(Problem(f"{prefix}entity.{key}", msg))
-                if not problems:
-                    entity_type, entity_id = entity["type"], entity["id"]
+        if obj.get("entity") is not None:
+            entity_problems, pair = validate_entity(obj["entity"], prefix, self.max_string_length)
+            problems.extend(entity_problems)
+            if pair is not None:
+                entity_type, entity_id = pair
         if "request_id" in obj and obj["request_id"] is not None:
             msg = string_problem(obj["request_id"], self.max_string_length)
             if msg:

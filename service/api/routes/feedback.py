@@ -31,7 +31,7 @@ from starlette.responses import Response
 
 from service.api.body import read_json
 from service.api.errors import ApiError
-from service.api.validation import ENTITY_TYPE_MAX, Problem, string_problem
+from service.api.validation import Problem, string_problem, validate_entity
 from service.audit.records import OutcomeRecord
 from service.audit.sink import AuditSink
 
@@ -92,18 +92,10 @@ def validate_outcome(
         if msg:
             problems.append(Problem(f"{prefix}prediction_id", msg))
     else:
-        entity = obj["entity"]
-        if not isinstance(entity, dict):
-            problems.append(Problem(f"{prefix}entity", "must be an object with type and id"))
-        else:
-            for key in entity:
-                if key not in ("type", "id"):
-                    problems.append(Problem(f"{prefix}entity.{str(key)[:64]}", "unknown field"))
-            for key, limit in (("type", ENTITY_TYPE_MAX), ("id", max_string_length)):
-                msg = string_problem(entity.get(key), limit) if key in entity else "required"
-                if msg:
-                    problems.append(Problem(f"{prefix}entity.{key}", msg))
-            etype, eid = entity.get("type"), entity.get("id")
+        entity_problems, pair = validate_entity(obj["entity"], prefix, max_string_length)
+        problems.extend(entity_problems)
+        if pair is not None:
+            etype, eid = pair
     observed_at: datetime | None = None
     if obj.get("observed_at") is not None:
         raw = obj["observed_at"]
