@@ -97,6 +97,11 @@ def _text(s: str) -> tuple[bytes, bool]:
     return _pack_i4(len(b)) + b, True
 
 
+def _opt_text(s: str | None) -> tuple[bytes, bool]:
+    """A nullable text field: SQL NULL for None."""
+    return (_NULL, False) if s is None else _text(s)
+
+
 def _clean_json(value: Any) -> Any:
     if isinstance(value, str):
         return _clean_str(value)
@@ -136,12 +141,9 @@ def encode_prediction(r: PredictionRecord, policy: PrivacyPolicy) -> Encoded:
     dirty = dirty or d1 or d2 or d3 or d4
     parts = [_PRED_HEAD, r.prediction_id.bytes, _ts(r.ts), t_name, t_ver]
     for opt in (r.entity_type, r.entity_id):
-        if opt is None:
-            parts.append(_NULL)
-        else:
-            b, d = _text(opt)
-            parts.append(b)
-            dirty = dirty or d
+        b, d = _opt_text(opt)
+        parts.append(b)
+        dirty = dirty or d
     parts += [
         _pack_i4(len(features) + 1), b"\x01", features,
         _pack_i2(2, r.prediction),
@@ -149,12 +151,9 @@ def encode_prediction(r: PredictionRecord, policy: PrivacyPolicy) -> Encoded:
         _pack_f8(8, r.latency_s),
         t_trace, t_span,
     ]  # fmt: skip
-    if r.request_id is None:
-        parts.append(_NULL)
-    else:
-        b, d = _text(r.request_id)
-        parts.append(b)
-        dirty = dirty or d
+    b, d = _opt_text(r.request_id)
+    parts.append(b)
+    dirty = dirty or d
     return Encoded(KIND_PREDICTION, str(r.prediction_id), b"".join(parts), dirty)
 
 
@@ -163,12 +162,9 @@ def encode_outcome(r: OutcomeRecord) -> Encoded:
     dirty = False
     parts.append(_NULL if r.prediction_id is None else b"\x00\x00\x00\x10" + r.prediction_id.bytes)
     for opt in (r.entity_type, r.entity_id):
-        if opt is None:
-            parts.append(_NULL)
-        else:
-            b, d = _text(opt)
-            parts.append(b)
-            dirty = dirty or d
+        b, d = _opt_text(opt)
+        parts.append(b)
+        dirty = dirty or d
     parts += [_pack_i2(2, r.label), _ts(r.ts)]
     parts.append(_NULL if r.observed_at is None else _ts(r.observed_at))
     key = str(r.prediction_id) if r.prediction_id else f"{r.entity_type}:{r.entity_id}"
