@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from stack.launch import CACHE, ROOT, LaunchError, Options, Ports, Stack, find_pg_bin
+from tests.fixtures.components import component_missing
 
 T = TypeVar("T")
 
@@ -38,10 +39,7 @@ def require_stack_binaries() -> None:
     if not (ROOT / ".venv" / "bin" / "inferwatch").exists():
         missing.append(".venv/bin/inferwatch")
     if missing:
-        msg = f"native stack incomplete (run stack/install.sh): {missing}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+        component_missing(f"native stack incomplete (run stack/install.sh): {missing}")
 
 
 def poll(fn: Callable[[], T | None], deadline_s: float, what: str, interval_s: float = 0.25) -> T:

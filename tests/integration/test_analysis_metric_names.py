@@ -31,6 +31,7 @@ from service.analysis.runner import AnalysisResult
 from service.inference.metadata import ModelMetadata
 from service.inference.training import card_fraud_schema
 from service.telemetry import instruments as names
+from tests.fixtures.components import component_missing
 
 pytestmark = pytest.mark.integration
 
@@ -49,9 +50,7 @@ def _free_port() -> int:
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = CACHE / "bin" / "prometheus"
     if not binary.exists():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{binary} missing (run stack/install.sh)")
-        pytest.skip(f"{binary} missing (run stack/install.sh)")
+        component_missing(f"{binary} missing (run stack/install.sh)")
     work = tmp_path_factory.mktemp("prom")
     (work / "prometheus.yml").write_text(
         "global: {scrape_interval: 5s}\n"

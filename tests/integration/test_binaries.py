@@ -13,7 +13,6 @@ under CI=true (run stack/install.sh first).
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from stack.launch import CACHE, ROOT, read_env_file
+from tests.fixtures.components import component_missing
 
 VERSIONS = read_env_file(ROOT / "stack" / "versions.env")
 PORTS = read_env_file(ROOT / "stack" / "ports.env")
@@ -35,10 +35,7 @@ COLLECTOR_CONFIGS = [
 def binary(name: str) -> Path:
     path = CACHE / "bin" / name
     if not path.exists():
-        msg = f"{path} missing: run stack/install.sh"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+        component_missing(f"{path} missing: run stack/install.sh")
     return path
 
 

@@ -7,7 +7,6 @@ locally, a failure under CI=true.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from stack.launch import CACHE, ROOT
+from tests.fixtures.components import component_missing
 
 PROM = ROOT / "prometheus"
 RULE_FILES = sorted((PROM / "rules").glob("*.yml"))
@@ -28,10 +28,7 @@ RUNBOOK = ROOT / "docs" / "runbook.md"
 def promtool() -> Path:
     path = CACHE / "bin" / "promtool"
     if not path.exists():
-        msg = f"{path} missing: run stack/install.sh"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+        component_missing(f"{path} missing: run stack/install.sh")
     return path
 
 
