@@ -475,6 +475,11 @@ def machine() -> dict[str, str]:
 class Server:
     """One server process under test, pinned to SERVER_CPU, in its own process group."""
 
+    def _serve_argv(self, factory: str) -> list[str]:
+        """`python -m bench.overhead serve` with an app factory of this module."""
+        return [sys.executable, "-m", "bench.overhead", "serve", "--port", str(self.port),
+                "--factory", f"bench.overhead:{factory}"]  # fmt: skip
+
     def __init__(
         self, variant: Variant, work: Path, model_dir: Path, model_path: Path, stack: Stack
     ) -> None:
@@ -488,31 +493,13 @@ class Server:
             if not k.startswith(("INFERWATCH_", "OTEL_", "FASTAPI_OTEL"))
         }
         if variant.kind == "bare":
-            argv = [
-                sys.executable,
-                "-m",
-                "bench.overhead",
-                "serve",
-                "--port",
-                str(self.port),
-                "--factory",
-                "bench.overhead:create_bare",
-            ]
+            argv = self._serve_argv("create_bare")
             env.update({"BENCH_MODEL_PATH": str(model_path), "OMP_NUM_THREADS": "1"})
             self.ready_url = f"http://127.0.0.1:{self.port}/healthz"
         else:
             argv = [str(VENV_BIN / "inferwatch"), "serve"]
             if variant.kind == "candidate":  # the same, through create_candidate
-                argv = [
-                    sys.executable,
-                    "-m",
-                    "bench.overhead",
-                    "serve",
-                    "--port",
-                    str(self.port),
-                    "--factory",
-                    "bench.overhead:create_candidate",
-                ]
+                argv = self._serve_argv("create_candidate")
             service_env = stack.service_env()  # the launcher's settings, same as production
             service_env.pop("INFERWATCH_DATABASE_URL", None)  # spool-only audit writer
             env.update(service_env)
