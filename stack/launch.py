@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -36,6 +37,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -281,6 +283,21 @@ class ComponentStatus:
     log: str
 
 
+def postgres_home(run_dir: Path) -> Path:
+    """Where a run folder's Postgres cluster lives.
+
+    As root, Postgres runs as the `postgres` OS user, which cannot enter a checkout under
+    a root-only directory (a clone in a 0700 temp dir, as CI makes); so the cluster lives
+    under the system temp dir (world-traversable), at a path derived from the run folder
+    so that `status`/`down` from another shell find it again. The run folder gets a
+    `postgres` symlink to it.
+    """
+    if os.geteuid() != 0:
+        return run_dir / "postgres"
+    digest = hashlib.sha256(str(run_dir).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"inferwatch-pg-{digest}"
+
+
 class Stack:
     """One native stack in one run folder. Every start_*/stop is usable on its own."""
 
@@ -290,7 +307,7 @@ class Stack:
         self.options = options or Options()
         self.logs = self.run_dir / "logs"
         self.pids = self.run_dir / "pids"
-        self.pg_dir = self.run_dir / "postgres"
+        self.pg_dir = postgres_home(self.run_dir)
         self.pg_data = self.pg_dir / "data"
         self.prom_dir = self.run_dir / "prometheus"
         self.traces_file = self.run_dir / "collector" / "traces.jsonl"
@@ -412,6 +429,10 @@ class Stack:
         if os.geteuid() == 0:
             shutil.chown(self.pg_dir, "postgres", "postgres")
         self.pg_dir.chmod(0o700)
+        link = self.run_dir / "postgres"
+        if link != self.pg_dir and not link.is_symlink():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(self.pg_dir)
         if not (self.pg_data / "PG_VERSION").exists():
             pwfile = self.pg_dir / "pwfile"
             pwfile.write_text(self.secrets()["postgres"] + "\n")
@@ -662,6 +683,11 @@ class Stack:
     def down(self) -> None:
         for name in ("service", "prometheus", "collector", "postgres"):
             self.stop(name)
+
+    def purge(self) -> None:
+        """Delete the run folder and the Postgres cluster (after `down`)."""
+        shutil.rmtree(self.pg_dir, ignore_errors=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def status(self) -> list[ComponentStatus]:
         p = self.ports

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -138,7 +137,7 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
         st.down()
         clean = ok and request.session.testsfailed == failed_before
         if clean and os.environ.get("INFERWATCH_KEEP_RUN") != "1":
-            shutil.rmtree(run_dir, ignore_errors=True)
+            st.purge()
         else:
             print(f"\n[e2e] run folder kept for its logs: {run_dir}")
 

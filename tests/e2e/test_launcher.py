@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import socket
 import time
 import uuid
@@ -37,7 +36,7 @@ def test_port_in_use_is_a_clear_error_not_a_hang() -> None:
         with pytest.raises(LaunchError, match=rf"PROMETHEUS_PORT={port}"):
             stack.start_prometheus()
         assert time.monotonic() - t0 < 2
-    shutil.rmtree(stack.run_dir, ignore_errors=True)
+    stack.purge()
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +56,7 @@ def scrape_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
         if request.session.testsfailed == failed_before and (
             os.environ.get("INFERWATCH_KEEP_RUN") != "1"
         ):
-            shutil.rmtree(st.run_dir, ignore_errors=True)
+            st.purge()
 
 
 @pytest.mark.slow
