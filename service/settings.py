@@ -24,6 +24,7 @@ DEV_PLACEHOLDER_SECRETS = frozenset({"changeme", "dev", "inferwatch", "password"
 class HttpInstrumentation(StrEnum):
     """Which HTTP server instrumentation runs (exactly one; see docs/decisions.md)."""
 
+    INFERWATCH = "inferwatch"
     FASTAPI_NATIVE = "fastapi-native"
     OTEL_CONTRIB = "otel-contrib"
     NONE = "none"
@@ -50,7 +51,12 @@ class Settings(BaseSettings):
     # --- telemetry ---------------------------------------------------------------
     telemetry_enabled: bool = True
     otlp_enabled: bool = True  # export over OTLP (endpoint etc. from OTEL_* vars)
-    http_instrumentation: HttpInstrumentation = HttpInstrumentation.FASTAPI_NATIVE
+    http_instrumentation: HttpInstrumentation = HttpInstrumentation.INFERWATCH
+    # GET /metrics (Prometheus pull) from the same meter provider. "auto": only while
+    # OTLP export is off, the no-collector path; with a collector the series arrive by
+    # OTLP, nothing scrapes /metrics (prometheus/prometheus.yml), and a second reader
+    # would double the cost of every measurement (docs/decisions.md).
+    metrics_endpoint: Literal["auto", "on", "off"] = "auto"
     histogram_aggregation: Literal["exponential", "explicit"] = "exponential"
     exponential_max_scale: int = Field(20, ge=-10, le=20)
     exponential_max_size: int = Field(160, ge=2)

@@ -33,7 +33,12 @@ async def metrics(request: Request) -> Response:
     registry = runtime.telemetry.registry if runtime is not None else None
     if registry is None:
         return JSONResponse(
-            {"error": "not_found", "message": "metrics pull endpoint disabled", "detail": []},
+            {
+                "error": "not_found",
+                "message": "metrics pull endpoint disabled: metrics are pushed over OTLP "
+                "(INFERWATCH_METRICS_ENDPOINT=on serves them here too)",
+                "detail": [],
+            },
             status_code=404,
         )
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
