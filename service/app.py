@@ -33,6 +33,7 @@ from service.inference.loading import LoadedModel, find_model, load_model
 from service.inference.predictor import Predictor
 from service.settings import HttpInstrumentation, Settings
 from service.telemetry import instruments as names
+from service.telemetry.http import HttpInstruments, HttpServerTelemetry
 from service.telemetry.instruments import ServiceInstruments
 from service.telemetry.setup import Telemetry, build_telemetry
 
@@ -60,10 +61,19 @@ def resolve_model(settings: Settings) -> LoadedModel:
     return load_model(path)
 
 
-def _wire_http_instrumentation(app: FastAPI, settings: Settings, telemetry: Telemetry) -> None:
+def _wire_http_instrumentation(
+    app: FastAPI, settings: Settings, telemetry: Telemetry, http: HttpInstruments
+) -> None:
     """Exactly one HTTP server instrumentation (docs/decisions.md has the measurements)."""
     mode = settings.http_instrumentation
-    if mode == HttpInstrumentation.FASTAPI_NATIVE and settings.telemetry_enabled:
+    if not settings.telemetry_enabled:
+        return
+    if mode == HttpInstrumentation.INFERWATCH and telemetry.meter is not None:
+        http.tracer = telemetry.tracer
+        http.duration = telemetry.meter.create_histogram(
+            names.HTTP_SERVER_DURATION, unit="s", description="Duration of HTTP server requests."
+        )
+    elif mode == HttpInstrumentation.FASTAPI_NATIVE:
         # FastAPI reads its providers from this config on every request; providers
         # are per process and only exist once the lifespan runs, so they are set here.
         config = app._telemetry
@@ -71,7 +81,7 @@ def _wire_http_instrumentation(app: FastAPI, settings: Settings, telemetry: Tele
         config["meter_provider"] = telemetry.meter_provider
         config["tracing"] = True
         config["metrics"] = True
-    elif mode == HttpInstrumentation.OTEL_CONTRIB and settings.telemetry_enabled:
+    elif mode == HttpInstrumentation.OTEL_CONTRIB:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
         os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
@@ -96,6 +106,7 @@ def create_app(
 ) -> FastAPI:
     """Build the app. Nothing is loaded or started until the lifespan runs."""
     settings = settings or Settings()
+    http = HttpInstruments()  # filled in by the lifespan (INFERWATCH_HTTP_INSTRUMENTATION)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -104,7 +115,7 @@ def create_app(
         telemetry = build_telemetry(
             settings, span_processors=span_processors, metric_readers=metric_readers
         )
-        _wire_http_instrumentation(app, settings, telemetry)
+        _wire_http_instrumentation(app, settings, telemetry, http)
         meter = telemetry.meter or NoOpMeterProvider().get_meter(names.SCOPE_NAME)
         sink: AuditSink
         if audit_sink is not None:
@@ -149,6 +160,7 @@ def create_app(
             try:
                 sink.close(settings.audit_shutdown_timeout_s)
             finally:
+                http.tracer = http.duration = None
                 telemetry.shutdown(settings.telemetry_shutdown_timeout_s)
 
     app = FastAPI(
@@ -156,9 +168,10 @@ def create_app(
         version=__version__,
         summary="Card-fraud scoring, observable by construction",
         lifespan=lifespan,
-        # One HTTP instrumentation: FastAPI's own, configured in the lifespan (it stays
-        # off until providers are set there). No operation spans or log records:
-        # one span per request, measured cheapest (docs/decisions.md).
+        # One HTTP instrumentation (INFERWATCH_HTTP_INSTRUMENTATION): ours by default,
+        # service/telemetry/http.py, measured cheapest (docs/decisions.md). FastAPI's
+        # own stays off here; the lifespan switches it on only in `fastapi-native`
+        # mode, once providers exist. Never operation spans or log records.
         telemetry={
             "tracing": False,
             "metrics": False,
@@ -169,6 +182,8 @@ def create_app(
         },
     )
     app.state.settings = settings
+    if settings.http_instrumentation == HttpInstrumentation.INFERWATCH:
+        app.add_middleware(HttpServerTelemetry, instruments=http, untraced=UNTRACED_PATHS)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(predict.router)

@@ -1,0 +1,170 @@
+"""The HTTP server instrumentation (service/telemetry/http.py, the default) and the switch.
+
+Each mode makes exactly the spans it should; ours follows the stable HTTP conventions
+on the span and on ``http.server.request.duration``, continues a caller's trace, marks
+server errors (never client errors) and keeps metric attributes bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import APIRouter
+from fastapi.testclient import TestClient
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from service.app import create_app
+from service.audit.sink import InMemoryAuditSink
+from service.inference.loading import LoadedModel
+from service.settings import Settings
+from service.telemetry import instruments as names
+from tests.api.conftest import Harness, make_harness
+
+boom = APIRouter()
+
+
+@boom.get("/v1/boom")
+async def explode() -> None:
+    raise RuntimeError("kaboom")
+
+
+@pytest.fixture
+def harness_with_boom(small_model: LoadedModel) -> Iterator[Harness]:
+    spans = InMemorySpanExporter()
+    reader = InMemoryMetricReader()
+    audit = InMemoryAuditSink()
+    app = create_app(
+        Settings(environment="test", otlp_enabled=False),
+        model=small_model,
+        audit_sink=audit,
+        span_processors=[SimpleSpanProcessor(spans)],
+        metric_readers=[reader],
+        extra_routers=[boom],
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield Harness(client, spans, reader, audit, small_model)
+
+
+def http_points(harness: Harness) -> list[Any]:
+    data = harness.metrics.get_metrics_data()
+    assert data is not None
+    return [
+        p
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == names.HTTP_SERVER_DURATION
+        for p in m.data.data_points
+    ]
+
+
+@pytest.mark.parametrize("mode", ["inferwatch", "fastapi-native"])
+def test_each_mode_makes_one_server_span_per_request(
+    small_model: LoadedModel, valid_features: dict[str, Any], mode: str
+) -> None:
+    for h in make_harness(small_model, http_instrumentation=mode):
+        for _ in range(3):
+            assert h.client.post("/v1/predict", json={"features": valid_features}).is_success
+        assert h.client.get("/healthz").is_success  # probes are not traced
+        spans = h.spans.get_finished_spans()
+        assert [(s.name, s.kind) for s in spans] == [("POST /v1/predict", SpanKind.SERVER)] * 3
+        (point,) = http_points(h)
+        assert point.count == 3
+
+
+def test_no_http_instrumentation_makes_no_span(
+    small_model: LoadedModel, valid_features: dict[str, Any]
+) -> None:
+    for h in make_harness(small_model, http_instrumentation="none"):
+        resp = h.client.post("/v1/predict", json={"features": valid_features})
+        assert resp.is_success
+        assert h.spans.get_finished_spans() == ()
+        assert http_points(h) == []
+
+
+def test_span_and_metric_follow_the_stable_http_conventions(
+    harness: Harness, valid_features: dict[str, Any]
+) -> None:
+    resp = harness.client.post("/v1/predict", json={"features": valid_features})
+    (span,) = harness.spans.get_finished_spans()
+    attrs = dict(span.attributes or {})
+    assert {k: attrs[k] for k in attrs if not k.startswith(("inferwatch.", "model.", "pred"))} == {
+        "http.request.method": "POST",
+        "url.scheme": "http",
+        "url.path": "/v1/predict",
+        "network.protocol.version": "1.1",
+        "http.route": "/v1/predict",
+        "http.response.status_code": 200,
+    }
+    assert span.status.status_code == StatusCode.UNSET
+    assert span.parent is None
+    (point,) = http_points(harness)
+    assert dict(point.attributes) == {
+        "http.request.method": "POST",
+        "url.scheme": "http",
+        "network.protocol.version": "1.1",
+        "http.route": "/v1/predict",
+        "http.response.status_code": 200,
+    }
+    # recorded inside the span: the exemplar carries the response's trace id
+    assert [format(e.trace_id, "032x") for e in point.exemplars] == [resp.json()["trace_id"]]
+
+
+def test_a_callers_traceparent_is_continued(
+    harness: Harness, valid_features: dict[str, Any]
+) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent_id = "00f067aa0ba902b7"
+    resp = harness.client.post(
+        "/v1/predict",
+        json={"features": valid_features},
+        headers={"traceparent": f"00-{trace_id}-{parent_id}-01"},
+    )
+    assert resp.json()["trace_id"] == trace_id
+    (span,) = harness.spans.get_finished_spans()
+    assert span.parent is not None
+    assert span.parent.is_remote
+    assert format(span.parent.span_id, "016x") == parent_id
+
+
+def test_client_errors_are_not_span_errors(harness: Harness) -> None:
+    assert harness.client.post("/v1/predict", json={"features": {}}).status_code == 422
+    assert harness.client.get("/no/such/path/123").status_code == 404
+    spans = {s.name: s for s in harness.spans.get_finished_spans()}
+    assert set(spans) == {"POST /v1/predict", "GET"}  # no route: method only
+    assert spans["POST /v1/predict"].attributes["http.response.status_code"] == 422
+    assert "http.route" not in spans["GET"].attributes  # never the raw path on a route
+    assert all(s.status.status_code == StatusCode.UNSET for s in spans.values())
+    assert all("error.type" not in p.attributes for p in http_points(harness))
+
+
+def test_an_unhandled_exception_is_a_server_error_on_span_and_metric(
+    harness_with_boom: Harness,
+) -> None:
+    h = harness_with_boom
+    assert h.client.get("/v1/boom").status_code == 500
+    (span,) = h.spans.get_finished_spans()
+    assert span.name == "GET /v1/boom"
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.attributes["error.type"] == "RuntimeError"
+    assert span.attributes["http.response.status_code"] == 500
+    assert [e.name for e in span.events] == ["exception"]
+    (point,) = http_points(h)
+    assert point.attributes["error.type"] == "RuntimeError"
+    assert point.attributes["http.response.status_code"] == 500
+
+
+def test_unknown_methods_are_bounded_on_metrics(harness: Harness) -> None:
+    resp = harness.client.request("FROB", "/v1/predict")
+    assert resp.status_code == 405
+    (span,) = harness.spans.get_finished_spans()
+    assert span.name == "HTTP /v1/predict"
+    assert span.attributes["http.request.method"] == "_OTHER"
+    assert span.attributes["http.request.method_original"] == "FROB"
+    (point,) = http_points(harness)
+    assert point.attributes["http.request.method"] == "_OTHER"
