@@ -11,16 +11,14 @@ Same machine, same model, same load, one run, side by side. One model is trained
 - ``iw-telemetry-off``: inferwatch with ``INFERWATCH_TELEMETRY_ENABLED=false`` (validation,
   ids and the audit writer only), to split the framework's cost from telemetry's;
 - ``iw-collector-absent``: all telemetry on, OTLP endpoint on a closed loopback port;
-- ``iw-live``: all telemetry on (FastAPI's native HTTP telemetry, the default), exporting to
-  the real collector built by stack/install.sh, running collector/config.yaml, which
-  forwards metrics to a real Prometheus (both started with stack/launch.py's ``Stack``);
+- ``iw-live``: all telemetry on, as shipped (our HTTP instrumentation,
+  service/telemetry/http.py), exporting to the real collector built by stack/install.sh,
+  running collector/config.yaml, which forwards metrics to a real Prometheus (both
+  started with stack/launch.py's ``Stack``);
+- ``iw-live-fastapi-native``: as iw-live with FastAPI's built-in telemetry instead;
 - ``iw-live-otel-contrib``: as iw-live with opentelemetry-instrumentation-fastapi instead;
 - ``iw-live-no-http``: as iw-live with ``INFERWATCH_HTTP_INSTRUMENTATION=none`` (our
-  metrics only, no HTTP server span, hence no prediction span either);
-- ``cand-*``: CANDIDATE changes, measured without editing the service: head sampling of
-  spans by environment only (``cand-sampled-10pct``), ``gc.freeze()`` after start-up
-  (``cand-gc-freeze``) and a minimal pure-ASGI HTTP instrumentation (``cand-lean-http``,
-  ``LeanHttpTelemetry`` below), served through ``create_candidate``.
+  metrics only, no HTTP server span, hence no prediction span either).
 
 Every inferwatch variant runs without a database (``INFERWATCH_DATABASE_URL`` unset), so
 its audit writer is in spool-only mode: every record is encoded and appended to a disk
@@ -138,128 +136,6 @@ def create_bare() -> Any:
     return app
 
 
-# --- candidate changes to the service, measured here without editing it ----------------
-
-
-class LeanHttpTelemetry:
-    """Candidate: a minimal HTTP server instrumentation (pure ASGI), instead of FastAPI's.
-
-    One SERVER span per request, named ``METHOD route``, current while the route runs (so the
-    route's attributes, exemplars and trace_id land on it); W3C trace context is extracted
-    only when the caller sends ``traceparent``; ``http.server.request.duration`` (s) with
-    method, route and status code, recorded inside the span. No active-requests counter, no
-    per-request allocation of attribute sets (cached per method/route/status).
-    Probes and /metrics are not traced, as in the service.
-    """
-
-    def __init__(self, app: Any, untraced: frozenset[str]) -> None:
-        self.app = app
-        self.untraced = untraced
-        self._tracer: Any = None
-        self._duration: Any = None
-        self._attrs: dict[tuple[str, str, int], dict[str, Any]] = {}
-
-    def _instruments(self) -> bool:
-        if self._tracer is None:
-            runtime = getattr(self.app.state, "runtime", None)
-            if runtime is None or runtime.telemetry.meter is None:
-                return False
-            self._tracer = runtime.telemetry.tracer
-            self._duration = runtime.telemetry.meter.create_histogram(
-                "http.server.request.duration",
-                unit="s",
-                description="Duration of HTTP server requests.",
-            )
-        return True
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in self.untraced or not self._instruments():
-            await self.app(scope, receive, send)
-            return
-        from opentelemetry import propagate, trace
-        from opentelemetry.trace import SpanKind, StatusCode
-
-        method = scope["method"]
-        status = 500
-        parent = None
-        for key, _ in scope["headers"]:
-            if key == b"traceparent":
-                parent = propagate.extract(
-                    {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-                )
-                break
-
-        async def send_status(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        started = time.perf_counter()
-        span = self._tracer.start_span(
-            method,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": scope["path"]},
-        )
-        with trace.use_span(
-            span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-        ):
-            try:
-                await self.app(scope, receive, send_status)
-            finally:
-                route_obj = scope.get("route")
-                route = getattr(route_obj, "path", "") if route_obj is not None else ""
-                key = (method, route, status)
-                attrs = self._attrs.get(key)
-                if attrs is None:
-                    attrs = {"http.request.method": method, "http.response.status_code": status}
-                    if route:
-                        attrs["http.route"] = route
-                    if status >= 500:
-                        attrs["error.type"] = str(status)
-                    if len(self._attrs) < 1000:  # bounded: routes x methods x statuses
-                        self._attrs[key] = attrs
-                self._duration.record(time.perf_counter() - started, attrs)  # inside the span
-                if route:
-                    span.update_name(f"{method} {route}")
-                span.set_attributes(attrs)
-                if status >= 500:
-                    span.set_status(StatusCode.ERROR)
-                span.end()
-
-
-def create_candidate() -> Any:
-    """inferwatch (service.asgi:create) with the changes named in BENCH_CANDIDATES applied.
-
-    - ``gc-freeze``: after start-up (model, app, providers built) ``gc.collect()`` then
-      ``gc.freeze()``, so full collections never traverse the start-up heap again;
-    - ``lean-http``: with INFERWATCH_HTTP_INSTRUMENTATION=none, wrap the app in
-      ``LeanHttpTelemetry`` (one server span + the HTTP duration histogram).
-    """
-    import gc
-    from contextlib import asynccontextmanager
-
-    from service.app import UNTRACED_PATHS, create_app
-
-    wanted = set(os.environ.get("BENCH_CANDIDATES", "").split(","))
-    app = create_app()
-    if "gc-freeze" in wanted:
-        original = app.router.lifespan_context
-
-        @asynccontextmanager
-        async def lifespan(a: Any) -> Any:
-            async with original(a) as state:
-                gc.collect()
-                gc.freeze()
-                yield state
-
-        app.router.lifespan_context = lifespan
-    if "lean-http" in wanted:
-        return LeanHttpTelemetry(app, UNTRACED_PATHS)
-    return app
-
-
 def serve(port: int, factory: str) -> None:
     """Same uvicorn flags as `inferwatch serve` (service/cli.py)."""
     import uvicorn
@@ -301,7 +177,12 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(
         "iw-collector-absent", "inferwatch, all telemetry, OTLP to a closed port", otlp="closed"
     ),
-    Variant("iw-live", "inferwatch, all telemetry (FastAPI native), live collector"),
+    Variant("iw-live", "inferwatch, all telemetry (as shipped), live collector"),
+    Variant(
+        "iw-live-fastapi-native",
+        "as iw-live, FastAPI's built-in telemetry",
+        env={"INFERWATCH_HTTP_INSTRUMENTATION": "fastapi-native"},
+    ),
     Variant(
         "iw-live-otel-contrib",
         "as iw-live, opentelemetry-instrumentation-fastapi",
@@ -311,23 +192,6 @@ VARIANTS: tuple[Variant, ...] = (
         "iw-live-no-http",
         "as iw-live, HTTP instrumentation none (no server span)",
         env={"INFERWATCH_HTTP_INSTRUMENTATION": "none"},
-    ),
-    Variant(
-        "cand-sampled-10pct",
-        "CANDIDATE: iw-live, spans head-sampled 10% (env only)",
-        env={"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
-    ),
-    Variant(
-        "cand-gc-freeze",
-        "CANDIDATE: iw-live + gc.freeze() after start-up",
-        kind="candidate",
-        env={"BENCH_CANDIDATES": "gc-freeze"},
-    ),
-    Variant(
-        "cand-lean-http",
-        "CANDIDATE: cand-gc-freeze + LeanHttpTelemetry (1 span)",
-        kind="candidate",
-        env={"BENCH_CANDIDATES": "gc-freeze,lean-http", "INFERWATCH_HTTP_INSTRUMENTATION": "none"},
     ),
 )
 
@@ -498,8 +362,6 @@ class Server:
             self.ready_url = f"http://127.0.0.1:{self.port}/healthz"
         else:
             argv = [str(VENV_BIN / "inferwatch"), "serve"]
-            if variant.kind == "candidate":  # the same, through create_candidate
-                argv = self._serve_argv("create_candidate")
             service_env = stack.service_env()  # the launcher's settings, same as production
             service_env.pop("INFERWATCH_DATABASE_URL", None)  # spool-only audit writer
             env.update(service_env)
@@ -682,6 +544,8 @@ SUBTREE_RULES: tuple[tuple[str, str], ...] = (
 )
 # Then the leaf-most frame that matches one of these names the sample's component.
 LEAF_RULES: tuple[tuple[str, str], ...] = (
+    ("HTTP instrumentation: ours (its own code)", "/service/telemetry/http.py"),
+    ("OTLP span encoder (ours)", "/service/telemetry/otlp_spans.py"),
     ("HTTP instrumentation: FastAPI native (its own code)", "/fastapi/telemetry/"),
     ("HTTP instrumentation: otel-contrib (its own code)", "/opentelemetry/instrumentation/"),
     ("OTel SDK", "/opentelemetry/"),
@@ -689,7 +553,7 @@ LEAF_RULES: tuple[tuple[str, str], ...] = (
     ("body read + JSON parse (read_json)", "/service/api/body.py"),
     ("route code (predict.py)", "/service/api/routes/predict.py"),
     ("service, other", "/service/"),
-    ("bench/overhead.py: bare route or candidate middleware", "/bench/overhead.py"),
+    ("bench/overhead.py: bare route", "/bench/overhead.py"),
     ("FastAPI/Starlette (routing, request, response)", "/starlette/"),
     ("FastAPI/Starlette (routing, request, response)", "/fastapi/"),
     ("uvicorn + httptools protocol", "/uvicorn/"),
@@ -698,6 +562,7 @@ LEAF_RULES: tuple[tuple[str, str], ...] = (
 )
 # Who made an OTel SDK call: the nearest caller among these.
 OTEL_CALLERS: tuple[tuple[str, str], ...] = (
+    ("our HTTP instrumentation", "/service/telemetry/http.py"),
     ("FastAPI native HTTP telemetry", "/fastapi/telemetry/"),
     ("otel-contrib instrumentation", "/opentelemetry/instrumentation/"),
     ("our route: histogram, counter, span attributes", "/service/api/routes/predict.py"),
@@ -938,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.overhead", description=__doc__.splitlines()[0] if __doc__ else None
     )
     sub = ap.add_subparsers(dest="cmd")
-    sb = sub.add_parser("serve", help="internal: serve the bare app or a candidate")
+    sb = sub.add_parser("serve", help="internal: serve the bare app")
     sb.add_argument("--port", type=int, required=True)
     sb.add_argument("--factory", required=True)
     ap.add_argument("--duration", type=float, default=10, help="seconds per measurement")

@@ -29,6 +29,15 @@ from typing import Any, Final
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.metrics import Histogram
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.http_attributes import (
+    HTTP_REQUEST_METHOD,
+    HTTP_REQUEST_METHOD_ORIGINAL,
+    HTTP_RESPONSE_STATUS_CODE,
+    HTTP_ROUTE,
+)
+from opentelemetry.semconv.attributes.network_attributes import NETWORK_PROTOCOL_VERSION
+from opentelemetry.semconv.attributes.url_attributes import URL_PATH, URL_SCHEME
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -86,14 +95,14 @@ class HttpServerTelemetry:
             context=parent,
             kind=SpanKind.SERVER,
             attributes={
-                "http.request.method": method,
-                "url.scheme": scheme,
-                "url.path": scope["path"],
-                "network.protocol.version": version,
+                HTTP_REQUEST_METHOD: method,
+                URL_SCHEME: scheme,
+                URL_PATH: scope["path"],
+                NETWORK_PROTOCOL_VERSION: version,
             },
         )
         if method == "_OTHER":
-            span.set_attribute("http.request.method_original", scope["method"])
+            span.set_attribute(HTTP_REQUEST_METHOD_ORIGINAL, scope["method"])
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         status: int | None = None
 
@@ -160,14 +169,14 @@ class HttpServerTelemetry:
         key = (method, route, status, scheme, version, error_type)
         attrs = self._sets.get(key)
         if attrs is None:
-            attrs = {"http.request.method": method, "url.scheme": scheme}
+            attrs = {HTTP_REQUEST_METHOD: method, URL_SCHEME: scheme}
             if route:
-                attrs["http.route"] = route
+                attrs[HTTP_ROUTE] = route
             if status is not None:
-                attrs["http.response.status_code"] = status
-            attrs["network.protocol.version"] = version
+                attrs[HTTP_RESPONSE_STATUS_CODE] = status
+            attrs[NETWORK_PROTOCOL_VERSION] = version
             if error_type is not None:
-                attrs["error.type"] = error_type
+                attrs[ERROR_TYPE] = error_type
             if len(self._sets) < _MAX_ATTRIBUTE_SETS:
                 self._sets[key] = attrs
         duration.record(perf_counter() - started, attrs)  # inside the span: exemplars

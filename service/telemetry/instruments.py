@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from typing import Final
 
 from opentelemetry.metrics import Counter, Histogram, Meter, UpDownCounter
+from opentelemetry.semconv.metrics.http_metrics import HTTP_SERVER_REQUEST_DURATION
 
 # --- instrumentation scope ---------------------------------------------------------
 SCOPE_NAME: Final = "inferwatch"
 
 # --- span names and attributes -----------------------------------------------------
-# The prediction is recorded on the HTTP server span FastAPI creates (one span per
-# request, measured cheaper than a child span); its name is FastAPI's "POST /v1/predict".
+# The prediction is recorded on the HTTP server span (one span per request, measured
+# cheaper than a child span), named "POST /v1/predict" (service/telemetry/http.py).
+# HTTP attribute names are the semantic-conventions package's constants.
 ATTR_MODEL_NAME: Final = "model.name"
 ATTR_MODEL_VERSION: Final = "model.version"
 ATTR_PREDICTION_CLASS: Final = "prediction.class"
@@ -42,7 +44,7 @@ INFERENCE_DURATION: Final = "inferwatch.inference.duration"
 BATCH_INFERENCE_DURATION: Final = "inferwatch.inference.batch.duration"
 PREDICTIONS: Final = "inferwatch.predictions"
 REJECTED_REQUESTS: Final = "inferwatch.requests.rejected"
-HTTP_SERVER_DURATION: Final = "http.server.request.duration"  # emitted by FastAPI
+HTTP_SERVER_DURATION: Final = HTTP_SERVER_REQUEST_DURATION  # service/telemetry/http.py
 
 AUDIT_ENQUEUED: Final = "inferwatch.audit.enqueued"
 AUDIT_WRITTEN: Final = "inferwatch.audit.written"
