@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from opentelemetry.metrics import Counter, Histogram, Meter, UpDownCounter
-from opentelemetry.semconv.metrics.http_metrics import HTTP_SERVER_REQUEST_DURATION
+from opentelemetry.semconv.metrics import http_metrics
 
 # --- instrumentation scope ---------------------------------------------------------
 SCOPE_NAME: Final = "inferwatch"
@@ -44,7 +44,7 @@ INFERENCE_DURATION: Final = "inferwatch.inference.duration"
 BATCH_INFERENCE_DURATION: Final = "inferwatch.inference.batch.duration"
 PREDICTIONS: Final = "inferwatch.predictions"
 REJECTED_REQUESTS: Final = "inferwatch.requests.rejected"
-HTTP_SERVER_DURATION: Final = HTTP_SERVER_REQUEST_DURATION  # service/telemetry/http.py
+HTTP_SERVER_DURATION: Final = http_metrics.HTTP_SERVER_REQUEST_DURATION  # service/telemetry/http.py
 
 AUDIT_ENQUEUED: Final = "inferwatch.audit.enqueued"
 AUDIT_WRITTEN: Final = "inferwatch.audit.written"
