@@ -48,6 +48,7 @@ a recorded run: docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime as dt
 import json
@@ -493,6 +494,112 @@ def wrk_errors(stats: dict[str, Any]) -> list[str]:
     return errs
 
 
+@dataclass
+class FixedRate:
+    """One open-loop run at a constant offered rate (vegeta)."""
+
+    variant: str
+    rate: float  # offered, req/s
+    achieved: float  # completed, req/s
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    success: float  # share of 2xx responses
+    errors: list[str] = field(default_factory=list)
+
+
+def write_vegeta_targets(bodies: Path, url: str, path: Path) -> None:
+    """vegeta's JSON target format: the same bodies wrk sends, in the same order."""
+    lines = []
+    for body in bodies.read_text().splitlines():
+        target = {
+            "method": "POST",
+            "url": url,
+            "body": base64.b64encode(body.encode()).decode(),
+            "header": {"Content-Type": ["application/json"]},
+        }
+        lines.append(json.dumps(target))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_fixed_rate(
+    server: Server, bodies: Path, rate: float, seconds: float, connections: int
+) -> FixedRate:
+    """Offer `rate` req/s for `seconds` over `connections` keep-alive connections.
+
+    Open loop: requests are sent on schedule whether or not earlier ones returned, so
+    two servers given the same rate see the same load, and the latency difference is
+    what each adds per request, not a difference in how much load each could take.
+    """
+    targets = server.log.with_suffix(".targets.jsonl")
+    write_vegeta_targets(bodies, server.url, targets)
+    vegeta = str(find_binary("vegeta"))
+    attack = subprocess.run(
+        ["taskset", "-c", CLIENT_CPU, vegeta, "attack", "-format=json",
+         f"-targets={targets}", f"-rate={rate:.0f}/s", f"-duration={seconds:g}s",
+         f"-connections={connections}", f"-max-connections={connections}",
+         f"-workers={connections}", f"-max-workers={connections}", "-timeout=10s"],
+        capture_output=True, timeout=seconds + 60, check=False,
+    )  # fmt: skip
+    if attack.returncode != 0:
+        raise RuntimeError(f"vegeta attack failed: {attack.stderr.decode()[-2000:]}")
+    report = subprocess.run(
+        [vegeta, "report", "-type=json"],
+        input=attack.stdout, capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    r = json.loads(report.stdout)
+    lat = r["latencies"]
+    codes = {str(k): v for k, v in (r.get("status_codes") or {}).items()}
+    errors = []
+    bad = sum(v for k, v in codes.items() if not k.startswith("2"))
+    if bad:
+        errors.append(f"{bad} non-2xx responses {codes}")
+    if r.get("errors"):
+        errors.append(f"errors: {r['errors'][:3]}")
+    return FixedRate(
+        variant=server.variant.name,
+        rate=rate,
+        achieved=float(r["throughput"]),
+        p50_ms=lat["50th"] / 1e6,
+        p99_ms=lat["99th"] / 1e6,
+        max_ms=lat["max"] / 1e6,
+        success=float(r["success"]),
+        errors=errors,
+    )
+
+
+def fmt_fixed(fixed: list[FixedRate], order: list[str], connections: int) -> str:
+    """Each variant's best round (lowest P99), with P99 added over bare's."""
+    best: dict[str, FixedRate] = {}
+    rounds: dict[str, list[FixedRate]] = defaultdict(list)
+    for f in fixed:
+        rounds[f.variant].append(f)
+        if f.variant not in best or f.p99_ms < best[f.variant].p99_ms:
+            best[f.variant] = f
+    bare = best.get("bare")
+    head = (
+        f"{'variant':<23} {'offered':>7} {'done/s':>7} {'P50 ms':>7} {'P99 ms':>7} "
+        f"{'P99 +ms':>8} {'max ms':>8} {'2xx':>6}  rounds P99 ms"
+    )
+    out = [
+        f"equal offered load: open loop (vegeta), {connections} connections, the same "
+        "constant rate for every variant",
+        head,
+        "-" * len(head),
+    ]
+    for name in order:
+        if name not in best:
+            continue
+        f = best[name]
+        added = f"{f.p99_ms - bare.p99_ms:+8.2f}" if bare else f"{'-':>8}"
+        runs = "/".join(f"{x.p99_ms:.2f}" for x in rounds[name])
+        out.append(
+            f"{name:<23} {f.rate:>7.0f} {f.achieved:>7.0f} {f.p50_ms:>7.2f} {f.p99_ms:>7.2f} "
+            f"{added} {f.max_ms:>8.2f} {f.success:>6.1%}  {runs}"
+        )
+    return "\n".join(out)
+
+
 def measure(
     server: Server, bodies: Path, concurrency: int, seconds: float, stack: Stack | None
 ) -> Result:
@@ -775,9 +882,19 @@ def fmt_table(results: list[Result], levels: list[int], order: list[str]) -> str
     return "\n".join(out).rstrip()
 
 
-def targets(results: list[Result]) -> list[str]:
+def targets(results: list[Result], fixed: list[FixedRate]) -> list[str]:
     by = {(r.variant, r.concurrency): r for r in best_of(results)}
     lines = []
+    p99: dict[str, float] = {}
+    for f in fixed:
+        p99[f.variant] = min(p99.get(f.variant, f.p99_ms), f.p99_ms)
+    if "bare" in p99 and "iw-live" in p99:
+        added = p99["iw-live"] - p99["bare"]
+        rate = fixed[0].rate
+        lines.append(
+            f"target P99 added <= 0.5 ms at equal offered load ({rate:.0f} req/s, open loop), "
+            f"live collector: {added:+.2f} ms {'MET' if added <= 0.5 else 'NOT MET'}"
+        )
     bare, live = by.get(("bare", 32)), by.get(("iw-live", 32))
     if bare and live:
         ratio = live.rps / bare.rps
@@ -830,6 +947,14 @@ def main(argv: list[str] | None = None) -> int:
         help="before each variant, wait until other processes use fewer cores",
     )
     ap.add_argument("--quiet-timeout", type=float, default=240)
+    ap.add_argument(
+        "--fixed-rate",
+        type=float,
+        default=-1,
+        help="req/s offered to every variant in the open-loop phase; -1 (default): 60%% "
+        "of bare's c=32 req/s in the first round; 0: skip the phase",
+    )
+    ap.add_argument("--fixed-connections", type=int, default=32)
     args = ap.parse_args(argv)
     if args.cmd == "serve":
         serve(args.port, args.factory)
@@ -842,9 +967,13 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"{tool} not found (stack/install.sh installs wrk)", file=sys.stderr)
             return 1
+    if args.fixed_rate != 0:  # the open-loop phase's load generator, built if missing
+        subprocess.run(["bash", str(ROOT / "stack" / "install.sh"), "vegeta"], check=True)
     info = machine()
     work = Path(tempfile.mkdtemp(prefix="inferwatch-overhead-"))
     results: list[Result] = []
+    fixed: list[FixedRate] = []
+    fixed_rate = args.fixed_rate
     notes: list[str] = []
     profiles: list[tuple[int, str]] = []
     stack: Stack | None = None
@@ -894,6 +1023,20 @@ def main(argv: list[str] | None = None) -> int:
                         f"{r.rps:8,.0f} req/s  "
                         f"P50 {r.p50_ms:.2f} ms  P99 {r.p99_ms:.2f} ms  "
                         f"{'; '.join(r.errors)}",
+                        file=sys.stderr,
+                    )
+                if fixed_rate < 0 and variant.kind == "bare":
+                    at32 = [r for r in results if r.variant == "bare" and r.concurrency == 32]
+                    fixed_rate = round(0.6 * at32[0].rps, -1) if at32 else 400.0
+                if fixed_rate > 0:
+                    f = run_fixed_rate(
+                        server, bodies, fixed_rate, args.duration, args.fixed_connections
+                    )
+                    fixed.append(f)
+                    print(
+                        f"[overhead] round {rnd + 1} {variant.name:<21} {f.rate:.0f} req/s "
+                        f"offered, open loop: P50 {f.p50_ms:.2f} ms  P99 {f.p99_ms:.2f} ms  "
+                        f"{'; '.join(f.errors)}",
                         file=sys.stderr,
                     )
                 if variant.name in to_profile and rnd == args.rounds - 1:
@@ -957,7 +1100,10 @@ def main(argv: list[str] | None = None) -> int:
         "predict µs = mean in-server wall time of the model call (inferwatch.inference."
         "duration, from /metrics; '-' where the variant has no such metric)"
     )
-    for line in targets(results):
+    if fixed:
+        print()
+        print(fmt_fixed(fixed, [v.name for v in chosen], args.fixed_connections))
+    for line in targets(results, fixed):
         print(line)
     for note in notes:
         print(f"note: {note}")
@@ -965,10 +1111,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("\n".join(text for _, text in sorted(profiles)))
     print(f"\ntotal {elapsed:.0f} s")
-    failed = [r for r in results if r.errors]
+    failed = [f"{r.variant} c={r.concurrency}: {'; '.join(r.errors)}" for r in results if r.errors]
+    failed += [f"{f.variant} fixed rate: {'; '.join(f.errors)}" for f in fixed if f.errors]
     if failed:
-        for r in failed:
-            print(f"FAILED {r.variant} c={r.concurrency}: {'; '.join(r.errors)}", file=sys.stderr)
+        for line in failed:
+            print(f"FAILED {line}", file=sys.stderr)
         return 2
     return 0
 

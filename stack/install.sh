@@ -3,6 +3,7 @@
 #
 #   stack/install.sh            # everything: postgres + wrk (apt), collector, prometheus+promtool
 #   stack/install.sh collector  # only one part: postgres | wrk | collector | prometheus
+#   stack/install.sh vegeta     # bench-only (not in the default set): constant-rate load
 #
 # Output goes to ${INFERWATCH_CACHE:-<repo>/.stack} (git-ignored):
 #   bin/otelcol-inferwatch, bin/prometheus, bin/promtool, bin/builder (ocb)
@@ -89,6 +90,19 @@ install_wrk() {
     if command -v wrk >/dev/null; then log "wrk: present"; else apt_install wrk; fi
 }
 
+# vegeta: open-loop, constant-rate HTTP load for bench/overhead's equal-load latency
+# comparison (wrk is closed-loop). Bench-only, so not part of the default set.
+build_vegeta() {
+    go_env
+    local stamp
+    stamp=$(stamp_of "vegeta $VEGETA_VERSION")
+    if is_fresh vegeta "$stamp" "$BIN/vegeta"; then log "vegeta: $VEGETA_VERSION up to date"; return; fi
+    log "vegeta: go install vegeta@v$VEGETA_VERSION"
+    run_logged vegeta-install env GOBIN="$BIN" \
+        go install "github.com/tsenart/vegeta/v12@v$VEGETA_VERSION"
+    printf '%s\n' "$stamp" >"$STAMPS/vegeta.sha256"
+}
+
 build_collector() {
     go_env
     local manifest="$ROOT/collector/builder-config.yaml"
@@ -148,7 +162,8 @@ main() {
             wrk) install_wrk ;;
             collector) build_collector ;;
             prometheus) build_prometheus ;;
-            *) die "unknown part '$p' (postgres | wrk | collector | prometheus)" ;;
+            vegeta) build_vegeta ;;
+            *) die "unknown part '$p' (postgres | wrk | collector | prometheus | vegeta)" ;;
         esac
     done
     log "done in $((SECONDS - t0))s; binaries in $BIN"
