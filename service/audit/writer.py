@@ -263,7 +263,7 @@ class PostgresAuditWriter:
             self._slots.release()
             raise
 
-    def _commit_batch(self, seq: int, by_kind: dict[int, list[enc.Encoded]]) -> None:
+    def _commit_batch(self, seq: int, by_kind: dict[int, list[bytes]]) -> None:
         """On a COPY worker: one batch into Postgres, or into the spool if it cannot."""
         try:
             t0 = time.perf_counter()
@@ -271,7 +271,7 @@ class PostgresAuditWriter:
             try:
                 for kind, items in by_kind.items():
                     fresh = kind == enc.KIND_PREDICTION
-                    self._write(kind, [e.data for e in items], idempotent=not fresh)
+                    self._write(kind, items, idempotent=not fresh)
             except DatabaseUnavailable as exc:
                 self._db_failed(exc)
                 for kind, items in by_kind.items():
@@ -401,30 +401,43 @@ class PostgresAuditWriter:
         self._retry_at = 0.0
 
     # --- spool and drops ----------------------------------------------------------------
-    def _encode(self, batch: Iterable[AuditRecord]) -> dict[int, list[enc.Encoded]]:
-        out: dict[int, list[enc.Encoded]] = {}
+    def _encode(self, batch: Iterable[AuditRecord]) -> dict[int, list[bytes]]:
+        """COPY tuples by kind. The per-record loop of the writer: kept lean."""
+        preds: list[bytes] = []
+        out: dict[int, list[bytes]] = {enc.KIND_PREDICTION: preds}
+        policy, prediction_tuple = self._policy, enc.prediction_tuple
         for r in batch:
             try:
-                e = enc.encode(r, self._policy)
+                if type(r) is PredictionRecord:
+                    data, dirty = prediction_tuple(r, policy)
+                    kind = enc.KIND_PREDICTION
+                else:
+                    e = enc.encode(r, policy)
+                    data, dirty, kind = e.data, e.sanitized, e.kind
             except Exception as exc:  # a record no encoding can store (e.g. class out of int16)
                 self._drop([r], f"unencodable: {type(exc).__name__}: {exc}")
                 continue
-            if e.sanitized:
-                log.warning("audit record %s had values Postgres cannot store; replaced", e.key)
-            out.setdefault(e.kind, []).append(e)
-        return out
+            if dirty:
+                key = enc.tuple_key(kind, data)
+                log.warning("audit record %s had values Postgres cannot store; replaced", key)
+            if kind == enc.KIND_PREDICTION:
+                preds.append(data)
+            else:
+                out.setdefault(kind, []).append(data)
+        return {kind: items for kind, items in out.items() if items}
 
     def _spool_records(self, records: list[AuditRecord]) -> None:
         if records:
             for kind, items in self._encode(records).items():
                 self._spool_encoded(kind, items)
 
-    def _spool_encoded(self, kind: int, items: list[enc.Encoded]) -> None:
+    def _spool_encoded(self, kind: int, items: list[bytes]) -> None:
         try:
-            self.spool.append(kind, [e.data for e in items])
+            self.spool.append(kind, items)
         except Exception as exc:
-            for e in items:
-                log.error("audit record %s dropped: spool unwritable (%s)", e.key, exc)
+            for data in items:
+                key = enc.tuple_key(kind, data)
+                log.error("audit record %s dropped: spool unwritable (%s)", key, exc)
             self._ins.dropped.add(len(items))
             return
         self._ins.spooled.add(len(items))

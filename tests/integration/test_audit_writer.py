@@ -71,6 +71,17 @@ def test_every_field_round_trips_exactly(audit_db: AuditDb, tmp_path: Path) -> N
     assert v.get(names.AUDIT_SPOOLED, 0) == 0
 
 
+def test_payload_keys_are_sent_in_the_order_postgres_stores_them(audit_db: AuditDb) -> None:
+    """``jsonb_order`` must agree with the server, or its sort is not skipped."""
+    obj = {f"k{i}": i for i in range(12)} | {"zz": 1, "a": 2, "é": 3, "ab": 4, "ü-long-key": 5}
+    with psycopg.connect(audit_db.admin_dsn) as conn:
+        cur = conn.execute(
+            "SELECT jsonb_object_keys(%s::jsonb)", (enc.encode_json(obj)[0].decode(),)
+        )
+        stored = [row[0] for row in cur.fetchall()]
+    assert list(enc.jsonb_order(obj)) == stored
+
+
 def test_outcomes_are_stored_once_per_identical_label(audit_db: AuditDb, tmp_path: Path) -> None:
     pid = new_id()
     now = datetime.now(UTC)

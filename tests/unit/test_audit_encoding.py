@@ -63,8 +63,48 @@ def test_prediction_tuple_layout() -> None:
     assert not e.sanitized
     assert e.data[:2] == b"\x00\x0d"  # 13 fields
     assert enc.tuple_key(e.kind, e.data) == str(PID)
-    assert orjson.dumps(_rec().features) in e.data
+    assert orjson.dumps(enc.jsonb_order(_rec().features)) in e.data
     assert enc.split_tuples(e.data * 3) == [e.data] * 3
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {},
+        {"entity_type": "acct", "entity_id": "é-1", "request_id": "r-1"},
+        {"trace_id": "", "span_id": "", "model_name": "ünï"},
+        {"features": {"z": [1, {"b": None}], "aa": 'x\\y"', "": 2**70}},
+    ],
+)
+def test_fast_path_bytes_equal_the_careful_path(over: dict[str, object]) -> None:
+    r = _rec(**over)
+    fast, dirty = enc.prediction_tuple(r, PrivacyPolicy())
+    careful, careful_dirty = enc._careful_prediction_tuple(r, enc.jsonb_order(r.features))
+    assert (fast, dirty) == (careful, careful_dirty)
+    assert not dirty
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"entity_id": "a\x00b"},
+        {"trace_id": "\ud800"},
+        {"features": {"s": "a\x00"}},
+        {"model_version": "v\x00"},
+    ],
+)
+def test_fast_path_hands_unclean_values_to_the_careful_path(over: dict[str, object]) -> None:
+    data, dirty = enc.prediction_tuple(_rec(**over), PrivacyPolicy())
+    assert dirty
+    assert enc.split_tuples(data) == [data]
+
+
+def test_jsonb_order_is_length_then_bytes_and_keeps_the_object() -> None:
+    obj = {"feature_10": 1, "mcc": "x", "b": 2, "é": 3, "ab": 4, "feature_02": 5}
+    ordered = enc.jsonb_order(obj)
+    assert list(ordered) == ["b", "ab", "é", "mcc", "feature_02", "feature_10"]  # "é" is 2 bytes
+    assert ordered == obj
+    assert enc.jsonb_order(ordered) is ordered  # already in order: no copy
 
 
 def test_outcome_tuple_layout() -> None:
@@ -74,6 +114,10 @@ def test_outcome_tuple_layout() -> None:
     )
     assert by_entity.data[:6] == b"\x00\x06\xff\xff\xff\xff"  # 6 fields, NULL prediction_id
     assert by_entity.key == "t:x"
+    by_id = enc.encode(
+        OutcomeRecord(label=0, ts=datetime.now(UTC), prediction_id=PID), PrivacyPolicy()
+    )
+    assert by_id.key == str(PID)
 
 
 @pytest.mark.parametrize(
