@@ -185,8 +185,9 @@ def create_app(
     if settings.http_instrumentation == HttpInstrumentation.INFERWATCH:
         app.add_middleware(HttpServerTelemetry, instruments=http, untraced=UNTRACED_PATHS)
     install_error_handlers(app)
-    app.include_router(health.router)
+    # predictions first: routing tries routers in order, and /v1/predict is the hot path
     app.include_router(predict.router)
+    app.include_router(health.router)
     app.include_router(model_routes.router)
     app.include_router(feedback.router)
     app.include_router(monitoring.router)

@@ -62,8 +62,9 @@ class HttpServerTelemetry:
         self.app = app
         self._ins = instruments
         self._untraced = untraced
-        # attribute dicts shared by every request with the same key: no per-request dict
-        self._sets: dict[tuple[Any, ...], dict[str, Any]] = {}
+        # metric attributes, span attributes and span name, shared by every request with the
+        # same key: no per-request dict
+        self._sets: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], str | None]] = {}
         self._by_endpoint: dict[Any, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -90,16 +91,12 @@ class HttpServerTelemetry:
                 break
         scheme = scope.get("scheme", "http")
         version = scope.get("http_version", "1.1")
+        # what a sampler may look at; the rest is set once, at the end, from a cached dict
         span = tracer.start_span(
             "HTTP" if method == "_OTHER" else method,
             context=parent,
             kind=SpanKind.SERVER,
-            attributes={
-                HTTP_REQUEST_METHOD: method,
-                URL_SCHEME: scheme,
-                URL_PATH: scope["path"],
-                NETWORK_PROTOCOL_VERSION: version,
-            },
+            attributes={HTTP_REQUEST_METHOD: method, URL_PATH: scope["path"]},
         )
         if method == "_OTHER":
             span.set_attribute(HTTP_REQUEST_METHOD_ORIGINAL, scope["method"])
@@ -167,9 +164,9 @@ class HttpServerTelemetry:
         elif status >= 500:
             error_type = str(status)
         key = (method, route, status, scheme, version, error_type)
-        attrs = self._sets.get(key)
-        if attrs is None:
-            attrs = {HTTP_REQUEST_METHOD: method, URL_SCHEME: scheme}
+        sets = self._sets.get(key)
+        if sets is None:
+            attrs: dict[str, Any] = {HTTP_REQUEST_METHOD: method, URL_SCHEME: scheme}
             if route:
                 attrs[HTTP_ROUTE] = route
             if status is not None:
@@ -177,12 +174,16 @@ class HttpServerTelemetry:
             attrs[NETWORK_PROTOCOL_VERSION] = version
             if error_type is not None:
                 attrs[ERROR_TYPE] = error_type
+            name = f"{'HTTP' if method == '_OTHER' else method} {route}" if route else None
+            span_attrs = {k: v for k, v in attrs.items() if k != HTTP_REQUEST_METHOD}
+            sets = (attrs, span_attrs, name)
             if len(self._sets) < _MAX_ATTRIBUTE_SETS:
-                self._sets[key] = attrs
+                self._sets[key] = sets
+        attrs, span_attrs, name = sets
         duration.record(perf_counter() - started, attrs)  # inside the span: exemplars
-        if route:
-            span.update_name(f"{'HTTP' if method == '_OTHER' else method} {route}")
-        span.set_attributes(attrs)
+        if name is not None:
+            span.update_name(name)
+        span.set_attributes(span_attrs)
         if error is not None:
             span.record_exception(error)
         if error_type is not None:
