@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             # the launcher's OTLP settings (stack/launch.py Stack.service_env)
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}",
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+            "OTEL_METRIC_EXPORT_INTERVAL": "5000",
             "OTEL_BSP_SCHEDULE_DELAY": "500",
         }
     )
