@@ -13,6 +13,9 @@ payload (plus a categorical and an entity id):
 3. rows/s of a spool replay (the idempotent path: COPY into a TEMP staging table,
    then INSERT ... SELECT ... ON CONFLICT DO NOTHING);
 4. rows/s of the common practice: one INSERT per prediction, autocommit;
+5. the server's ceiling for the same rows: pre-encoded binary COPY streams (no
+   Python encoding in the timed part) on two connections, batches as the writer's,
+   into a fresh copy of the schema: what Postgres alone takes on this machine;
 
 and prints the ratios, the absolute figures and the machine.
 """
@@ -26,6 +29,7 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +42,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from service.audit import encoding as enc
+from service.audit.privacy import PrivacyPolicy
 from service.audit.records import PredictionRecord
 from service.audit.writer import PostgresAuditWriter
 from tests.fixtures.pg import create_audit_db, start_cluster
@@ -151,6 +157,37 @@ def bench_insert(dsn: str, records: list[PredictionRecord]) -> tuple[float, floa
     return len(records) / elapsed, statistics.median(lat)
 
 
+def bench_ceiling(dsn: str, records: list[PredictionRecord], batch: int = 2_000) -> float:
+    """rows/s of Postgres alone: pre-encoded COPY streams, two connections, no encoding."""
+    policy = PrivacyPolicy()
+    tuples = [enc.prediction_tuple(r, policy)[0] for r in records]
+    streams = [enc.copy_stream(tuples[i : i + batch]) for i in range(0, len(tuples), batch)]
+    sql = f"COPY predictions ({', '.join(enc.PREDICTION_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+    conns = [psycopg.connect(dsn) for _ in range(2)]
+
+    def copy_all(conn: psycopg.Connection[tuple[object, ...]], mine: list[bytes]) -> None:
+        for stream in mine:
+            with conn.cursor().copy(sql) as copy:
+                copy.write(stream)
+            conn.commit()
+
+    try:
+        threads = [
+            threading.Thread(target=copy_all, args=(c, streams[i :: len(conns)]))
+            for i, c in enumerate(conns)
+        ]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+    finally:
+        for c in conns:
+            c.close()
+    return len(records) / elapsed
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -180,6 +217,8 @@ def main() -> None:
                 db.writer_dsn, make_records(args.rows // 2, 2), Path(tmp) / "r"
             )
         insert_rps, insert_p50 = bench_insert(db.writer_dsn, make_records(args.insert_rows, 3))
+        fresh = create_audit_db(cluster, "inferwatch_bench_ceiling")
+        ceiling_rps = bench_ceiling(fresh.writer_dsn, make_records(args.rows, 4))
     finally:
         cluster.destroy()
 
@@ -189,10 +228,13 @@ def main() -> None:
     print(f"{'writer: submit -> queue -> binary COPY (fresh batches)':58s} {writer_rps:>10,.0f}")
     print(f"{'writer: spool replay, staging + ON CONFLICT DO NOTHING':58s} {replay_rps:>10,.0f}")
     print(f"{f'one INSERT per row, autocommit (p50 {insert_p50:.0f} us)':58s} {insert_rps:>10,.0f}")
+    print(f"{'Postgres alone: pre-encoded binary COPY, 2 connections':58s} {ceiling_rps:>10,.0f}")
     print()
     print(f"ratio writer / per-row INSERT:  {writer_rps / insert_rps:6.1f}x   (target >= 30x)")
     print(f"ratio replay / per-row INSERT:  {replay_rps / insert_rps:6.1f}x")
     print(f"writer rows/s vs 150k target:   {writer_rps / 150_000:6.2f}")
+    print(f"Postgres alone vs 150k target:  {ceiling_rps / 150_000:6.2f}")
+    print(f"writer / Postgres alone:        {writer_rps / ceiling_rps:6.2f}")
     print(
         f"submit() cost on the request path: P50 {p50:.2f} us, P99 {p99:.2f} us, "
         f"max {max(costs):.0f} us over {len(costs):,} calls   (target P99 < 20 us)"
