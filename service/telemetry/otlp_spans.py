@@ -50,6 +50,7 @@ _pack_fixed32: Final = struct.Struct("<I").pack
 _INT64_MIN: Final = -(1 << 63)
 _INT64_MAX: Final = (1 << 63) - 1
 _CACHE_MAX: Final = 4096
+_CACHEABLE: Final = frozenset({str, int, bool, type(None)})  # value types worth caching
 
 # trace.proto Span.SpanKind values (SDK SpanKind is 0-based, OTLP's 1-based).
 _KIND: Final = {
@@ -138,14 +139,9 @@ class SpanEncoder:
         ] = {}
 
     # -- attributes ----------------------------------------------------------------------
-    def _attribute(self, key: str, value: Any) -> bytes:
-        """One `attributes` entry (field 9 of Span), framed; b"" when skipped like the SDK."""
-        cacheable = isinstance(value, str | int | bool | None)  # floats rarely repeat
-        if cacheable:
-            ck = (key, type(value), value)
-            hit = self._kv.get(ck)
-            if hit is not None:
-                return hit
+    def _span_attribute(self, key: str, value: Any) -> bytes:
+        """One Span `attributes` entry (field 9), framed, and cached when its value may
+        repeat (the caller looks the cache up); b"" when skipped, like the SDK."""
         try:
             prefix = self._key.get(key)
             if prefix is None:
@@ -156,10 +152,10 @@ class SpanEncoder:
             log.error("Failed to encode key %s: %s", key, exc)
             return b""
         framed = b"\x4a" + _varint(len(kv)) + kv  # field 9, length-delimited
-        if cacheable:
+        if type(value) in _CACHEABLE:
             if len(self._kv) >= _CACHE_MAX:
                 self._kv.clear()
-            self._kv[ck] = framed
+            self._kv[(key, type(value), value)] = framed
         return framed
 
     def _attributes(self, field: int, attributes: Mapping[str, Any] | None) -> bytes:
@@ -172,8 +168,8 @@ class SpanEncoder:
             cache = self._kv
             parts = []
             for k, v in items:
-                hit = cache.get((k, type(v), v)) if type(v) is not float else None
-                parts.append(hit if hit is not None else self._attribute(k, v))
+                hit = cache.get((k, type(v), v)) if type(v) in _CACHEABLE else None
+                parts.append(hit if hit is not None else self._span_attribute(k, v))
             return b"".join(parts)
         parts = []
         for k, v in items:
