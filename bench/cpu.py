@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,27 +136,34 @@ async def call(app: Any, body: bytes) -> None:
         raise RuntimeError(f"request failed: {status}")
 
 
-def build(name: str, env: dict[str, str], spool: Path) -> Any:
-    """Build one app with `env` applied while its settings and exporters are created."""
+@contextlib.contextmanager
+def app_env(name: str, env: dict[str, str], spool: Path) -> Iterator[None]:
+    """`env` applied while one app is built and its lifespan starts (where the SDK reads
+    its ``OTEL_*`` variables), and only then."""
     saved = dict(os.environ)
     os.environ.update(env)
     os.environ["INFERWATCH_AUDIT_SPOOL_DIR"] = str(spool / name)
     try:
-        if name == "bare":
-            from bench.overhead import create_bare
-
-            return create_bare()
-        from service.app import create_app
-
-        if env.get("BENCH_SDK_ENCODER"):
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-            return create_app(span_processors=[BatchSpanProcessor(OTLPSpanExporter())])
-        return create_app()
+        yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def build(name: str) -> Any:
+    """Build one app (under `app_env`)."""
+    if name == "bare":
+        from bench.overhead import create_bare
+
+        return create_bare()
+    from service.app import create_app
+
+    if APPS[name].get("BENCH_SDK_ENCODER"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        return create_app(span_processors=[BatchSpanProcessor(OTLPSpanExporter())])
+    return create_app()
 
 
 async def run(
@@ -166,8 +173,9 @@ async def run(
     async with contextlib.AsyncExitStack() as stack:
         for name in names:  # built and started one by one: each app's threads are its own
             before = {t.native_id for t in threading.enumerate()}
-            app = App(name, build(name, APPS[name], spool))
-            await stack.enter_async_context(app.asgi.router.lifespan_context(app.asgi))
+            with app_env(name, APPS[name], spool):
+                app = App(name, build(name))
+                await stack.enter_async_context(app.asgi.router.lifespan_context(app.asgi))
             await asyncio.sleep(0.05)
             app.threads = {t.native_id for t in threading.enumerate() if t.native_id} - before
             apps.append(app)

@@ -190,6 +190,11 @@ VARIANTS: tuple[Variant, ...] = (
         env={"INFERWATCH_HTTP_INSTRUMENTATION": "otel-contrib"},
     ),
     Variant(
+        "iw-live-inline-metrics",
+        "as iw-live, measurements recorded on the request thread (no deferral)",
+        env={"INFERWATCH_MEASUREMENT_BATCH_MS": "0"},
+    ),
+    Variant(
         "iw-live-no-http",
         "as iw-live, HTTP instrumentation none (no server span)",
         env={"INFERWATCH_HTTP_INSTRUMENTATION": "none"},

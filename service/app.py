@@ -70,9 +70,10 @@ def _wire_http_instrumentation(
         return
     if mode == HttpInstrumentation.INFERWATCH and telemetry.meter is not None:
         http.tracer = telemetry.tracer
-        http.duration = telemetry.meter.create_histogram(
+        duration = telemetry.meter.create_histogram(
             names.HTTP_SERVER_DURATION, unit="s", description="Duration of HTTP server requests."
         )
+        http.duration = telemetry.deferred.histogram(duration) if telemetry.deferred else duration
     elif mode == HttpInstrumentation.FASTAPI_NATIVE:
         # FastAPI reads its providers from this config on every request; providers
         # are per process and only exist once the lifespan runs, so they are set here.
@@ -125,12 +126,15 @@ def create_app(
 
             sink = build_audit_sink(settings, meter)
         sink.start()
+        instruments = ServiceInstruments.create(meter)
+        if telemetry.deferred is not None:
+            instruments = instruments.deferred(telemetry.deferred)
         runtime = Runtime(
             settings=settings,
             predictor=Predictor(loaded),
             validator=InstanceValidator(loaded.metadata.feature_schema, settings.max_string_length),
             telemetry=telemetry,
-            instruments=ServiceInstruments.create(meter),
+            instruments=instruments,
             audit=sink,
         )
         app.state.runtime = runtime

@@ -14,10 +14,13 @@ and alerts use those; a test checks them against a live Prometheus.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from opentelemetry.metrics import Counter, Histogram, Meter, UpDownCounter
 from opentelemetry.semconv.metrics import http_metrics
+
+if TYPE_CHECKING:
+    from service.telemetry.deferred import DeferredMeasurements
 
 # --- instrumentation scope ---------------------------------------------------------
 SCOPE_NAME: Final = "inferwatch"
@@ -45,6 +48,8 @@ BATCH_INFERENCE_DURATION: Final = "inferwatch.inference.batch.duration"
 PREDICTIONS: Final = "inferwatch.predictions"
 REJECTED_REQUESTS: Final = "inferwatch.requests.rejected"
 HTTP_SERVER_DURATION: Final = http_metrics.HTTP_SERVER_REQUEST_DURATION  # service/telemetry/http.py
+# request-path measurements handed to the SDK off the request path (telemetry/deferred.py)
+TELEMETRY_MEASUREMENTS: Final = "inferwatch.telemetry.measurements"
 
 AUDIT_ENQUEUED: Final = "inferwatch.audit.enqueued"
 AUDIT_WRITTEN: Final = "inferwatch.audit.written"
@@ -76,6 +81,7 @@ PROM_BATCH_INFERENCE_DURATION: Final = "inferwatch_inference_batch_duration_seco
 PROM_PREDICTIONS: Final = "inferwatch_predictions_total"
 PROM_REJECTED_REQUESTS: Final = "inferwatch_requests_rejected_total"
 PROM_HTTP_SERVER_DURATION: Final = "http_server_request_duration_seconds"
+PROM_TELEMETRY_MEASUREMENTS: Final = "inferwatch_telemetry_measurements_total"
 PROM_AUDIT_DROPPED: Final = "inferwatch_audit_dropped_total"
 PROM_DRIFT_PSI: Final = "inferwatch_drift_psi"
 PROM_DRIFT_DETECTED: Final = "inferwatch_drift_detected"
@@ -97,6 +103,15 @@ class ServiceInstruments:
     batch_inference_duration: Histogram
     predictions: Counter
     rejected: Counter
+
+    def deferred(self, by: DeferredMeasurements) -> ServiceInstruments:
+        """The same instruments, recording through ``by`` (service/telemetry/deferred.py)."""
+        return ServiceInstruments(
+            inference_duration=by.histogram(self.inference_duration),
+            batch_inference_duration=by.histogram(self.batch_inference_duration),
+            predictions=by.counter(self.predictions),
+            rejected=by.counter(self.rejected),
+        )
 
     @classmethod
     def create(cls, meter: Meter) -> ServiceInstruments:

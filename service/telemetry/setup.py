@@ -48,6 +48,7 @@ from prometheus_client import CollectorRegistry
 
 from service import __version__
 from service.settings import Settings
+from service.telemetry.deferred import DeferredMeasurements
 from service.telemetry.instruments import SCOPE_NAME
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,8 @@ class Telemetry:
     meter: Meter | None
     registry: CollectorRegistry | None
     resource: Resource
+    # request-path measurements go through this when set (service/telemetry/deferred.py)
+    deferred: DeferredMeasurements | None = None
     _stopped: bool = field(default=False, repr=False)
 
     def shutdown(self, timeout_s: float) -> None:
@@ -181,6 +184,8 @@ class Telemetry:
         self._stopped = True
 
         def stop() -> None:
+            if self.deferred is not None:  # the provider's last collection drains it too
+                self.deferred.shutdown(timeout_s)
             if isinstance(self.tracer_provider, TracerProvider):
                 self.tracer_provider.force_flush(int(timeout_s * 1000))
                 self.tracer_provider.shutdown()
@@ -225,11 +230,17 @@ def build_telemetry(
             readers.append(PeriodicExportingMetricReader(otlp_metric_exporter(settings)))
         metric_readers = readers
     meter_provider = MeterProvider(resource=resource, metric_readers=list(metric_readers))
+    meter = meter_provider.get_meter(SCOPE_NAME, __version__)
+    deferred = None
+    if settings.measurement_batch_ms > 0:
+        deferred = DeferredMeasurements(meter, settings.measurement_batch_ms / 1000)
+        deferred.start()
     return Telemetry(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         tracer=tracer_provider.get_tracer(SCOPE_NAME, __version__),
-        meter=meter_provider.get_meter(SCOPE_NAME, __version__),
+        meter=meter,
         registry=registry,
         resource=resource,
+        deferred=deferred,
     )
