@@ -74,6 +74,7 @@ def _wire_http_instrumentation(
             names.HTTP_SERVER_DURATION, unit="s", description="Duration of HTTP server requests."
         )
         http.duration = telemetry.deferred.histogram(duration) if telemetry.deferred else duration
+        http.deferred = telemetry.deferred
     elif mode == HttpInstrumentation.FASTAPI_NATIVE:
         # FastAPI reads its providers from this config on every request; providers
         # are per process and only exist once the lifespan runs, so they are set here.
@@ -164,7 +165,7 @@ def create_app(
             try:
                 sink.close(settings.audit_shutdown_timeout_s)
             finally:
-                http.tracer = http.duration = None
+                http.tracer = http.duration = http.deferred = None
                 telemetry.shutdown(settings.telemetry_shutdown_timeout_s)
 
     app = FastAPI(

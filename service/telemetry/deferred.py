@@ -35,6 +35,7 @@ from typing import Any
 
 from opentelemetry.context import Context, get_current
 from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
+from opentelemetry.trace import Span
 from opentelemetry.util.types import Attributes
 
 from service.telemetry.instruments import (
@@ -44,7 +45,7 @@ from service.telemetry.instruments import (
 
 log = logging.getLogger(__name__)
 
-_Item = tuple[Callable[..., None], float, Attributes, Context]
+_Item = tuple[Callable[..., None], Any, Any, Any]
 _HANDED: Attributes = {ATTR_OUTCOME: "recorded"}
 _DROPPED: Attributes = {ATTR_OUTCOME: "dropped"}
 
@@ -89,18 +90,24 @@ class DeferredMeasurements:
         self._sum_methods.add(wrapped._add)
         return wrapped
 
-    def put(
-        self,
-        method: Callable[..., None],
-        value: float,
-        attributes: Attributes,
-        context: Context | None,
-    ) -> None:
+    def put(self, fn: Callable[..., None], a: Any, b: Any, c: Any) -> None:
+        """Queue ``fn(a, b, c)`` for the next drain (in order, except that counter
+        increments are summed)."""
         q = self._q
         if len(q) >= self._max_pending:
             self.dropped += 1
             return
-        q.append((method, value, attributes, context if context is not None else get_current()))
+        q.append((fn, a, b, c))
+
+    def end_span(
+        self, span: Span, name: str | None, attributes: Attributes, end_time_ns: int
+    ) -> None:
+        """``update_name``, ``set_attributes`` and ``end`` of a finished request's span,
+        at the drain; the end time is the request's. Until then the span is open."""
+        self.put(_end_span, span, (name, attributes), end_time_ns)
+
+    def set_span_attributes(self, span: Span, attributes: Attributes) -> None:
+        self.put(_set_span_attributes, span, attributes, None)
 
     # -- the drain -----------------------------------------------------------------------
     def start(self) -> None:
@@ -153,9 +160,7 @@ class DeferredMeasurements:
         return n
 
     @staticmethod
-    def _hand(
-        method: Callable[..., None], value: float, attributes: Attributes, context: Context
-    ) -> None:
+    def _hand(method: Callable[..., None], value: Any, attributes: Any, context: Any) -> None:
         try:
             method(value, attributes, context)
         except Exception:
@@ -187,7 +192,7 @@ class _DeferredHistogram(Histogram):
     def record(
         self, amount: float, attributes: Attributes = None, context: Context | None = None
     ) -> None:
-        self._put(self._record, amount, attributes, context)
+        self._put(self._record, amount, attributes, context or get_current())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.instrument, name)
@@ -202,7 +207,21 @@ class _DeferredCounter(Counter):
     def add(
         self, amount: int | float, attributes: Attributes = None, context: Context | None = None
     ) -> None:
-        self._put(self._add, amount, attributes, context)
+        self._put(self._add, amount, attributes, context or get_current())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.instrument, name)
+
+
+def _end_span(span: Span, name_attributes: tuple[str | None, Attributes], end_time_ns: int) -> None:
+    name, attributes = name_attributes
+    if name is not None:
+        span.update_name(name)
+    if attributes:
+        span.set_attributes(attributes)
+    span.end(end_time_ns)
+
+
+def _set_span_attributes(span: Span, attributes: Attributes, _: None) -> None:
+    if attributes:
+        span.set_attributes(attributes)

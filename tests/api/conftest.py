@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.metrics import Histogram
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -32,10 +34,26 @@ def small_model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     return load_model(out / meta.name / meta.version)
 
 
+class DrainedSpans:
+    """The in-memory exporter's spans, after the app's deferred telemetry is drained: a
+    request's span ends at the next drain (service/telemetry/deferred.py), with the
+    request's end time."""
+
+    def __init__(self, exporter: InMemorySpanExporter, app: FastAPI) -> None:
+        self.exporter = exporter
+        self.app = app
+
+    def get_finished_spans(self) -> tuple[ReadableSpan, ...]:
+        runtime = getattr(self.app.state, "runtime", None)
+        if runtime is not None and runtime.telemetry.deferred is not None:
+            runtime.telemetry.deferred.drain()
+        return tuple(self.exporter.get_finished_spans())
+
+
 @dataclass
 class Harness:
     client: TestClient
-    spans: InMemorySpanExporter
+    spans: DrainedSpans
     metrics: InMemoryMetricReader
     audit: InMemoryAuditSink
     model: LoadedModel
@@ -56,7 +74,7 @@ def make_harness(model: LoadedModel, **overrides: object) -> Iterator[Harness]:
         metric_readers=[reader],
     )
     with TestClient(app, raise_server_exceptions=False) as client:
-        yield Harness(client, spans, reader, audit, model)
+        yield Harness(client, DrainedSpans(spans, app), reader, audit, model)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ server errors (never client errors) and keeps metric attributes bounded.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from time import time_ns
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from service.audit.sink import InMemoryAuditSink
 from service.inference.loading import LoadedModel
 from service.settings import Settings
 from service.telemetry import instruments as names
-from tests.api.conftest import Harness, make_harness
+from tests.api.conftest import DrainedSpans, Harness, make_harness
 
 boom = APIRouter()
 
@@ -47,7 +48,7 @@ def harness_with_boom(small_model: LoadedModel) -> Iterator[Harness]:
         extra_routers=[boom],
     )
     with TestClient(app, raise_server_exceptions=False) as client:
-        yield Harness(client, spans, reader, audit, small_model)
+        yield Harness(client, DrainedSpans(spans, app), reader, audit, small_model)
 
 
 def http_points(harness: Harness) -> list[Any]:
@@ -168,3 +169,32 @@ def test_unknown_methods_are_bounded_on_metrics(harness: Harness) -> None:
     assert span.attributes["http.request.method_original"] == "FROB"
     (point,) = http_points(harness)
     assert point.attributes["http.request.method"] == "_OTHER"
+
+
+def test_a_span_finished_at_the_drain_keeps_the_requests_end_time(
+    harness: Harness, valid_features: dict[str, Any]
+) -> None:
+    before = time_ns()
+    resp = harness.client.post("/v1/predict", json={"features": valid_features})
+    answered = time_ns()
+    (span,) = harness.spans.get_finished_spans()  # drained only now, after `answered`
+    assert resp.status_code == 200
+    assert span.start_time is not None
+    assert span.end_time is not None
+    assert before <= span.start_time <= span.end_time <= answered
+    attrs = dict(span.attributes or {})
+    # the route's prediction attributes, queued before the end, are on the span
+    assert attrs[names.ATTR_PREDICTION_ID] == resp.json()["prediction_id"]
+    assert attrs["http.route"] == "/v1/predict"
+    assert span.name == "POST /v1/predict"
+
+
+def test_with_batching_off_the_span_ends_on_the_request(
+    small_model: LoadedModel, valid_features: dict[str, Any]
+) -> None:
+    for h in make_harness(small_model, measurement_batch_ms=0):
+        h.client.post("/v1/predict", json={"features": valid_features})
+        # no drain: the exporter itself already holds the finished span
+        (span,) = h.spans.exporter.get_finished_spans()
+        assert span.attributes is not None
+        assert span.attributes[names.ATTR_PREDICTION_CLASS] in (0, 1)

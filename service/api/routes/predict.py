@@ -51,6 +51,14 @@ def _ids() -> tuple[str, str]:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
+def _set_span_attributes(runtime: Runtime, span: trace.Span, attrs: dict[str, Any]) -> None:
+    deferred = runtime.telemetry.deferred
+    if deferred is not None:  # set at the next drain, before the span ends there
+        deferred.set_span_attributes(span, attrs)
+    else:
+        span.set_attributes(attrs)
+
+
 def _record(
     runtime: Runtime,
     pid: UUID,
@@ -113,7 +121,7 @@ async def predict(request: Request) -> Response:
         if inst.entity_type is not None:
             attrs[names.ATTR_ENTITY_TYPE] = inst.entity_type
             attrs[names.ATTR_ENTITY_ID] = inst.entity_id
-        span.set_attributes(attrs)
+        _set_span_attributes(runtime, span, attrs)
     _record(
         runtime,
         uid,
