@@ -107,39 +107,40 @@ class InstanceValidator:
             f.name: frozenset(f.categories or ()) for f in schema.features if f.type == "category"
         }
 
-    def _feature(self, spec: FeatureSpec, value: Any, path: str) -> tuple[Any, Problem | None]:
+    def _feature(self, spec: FeatureSpec, value: Any) -> tuple[Any, str | None]:
+        """The normalised value, or what is wrong with it (the caller names the field)."""
         kind = spec.type
         if kind == "bool":
             if isinstance(value, bool):
                 return value, None
-            return None, Problem(path, f"must be a boolean, got {_type_name(value)}")
+            return None, f"must be a boolean, got {_type_name(value)}"
         if kind == "category":
             msg = string_problem(value, self.max_string_length)
             if msg:
-                return None, Problem(path, msg)
+                return None, msg
             if value not in self._cats[spec.name]:
                 allowed = ", ".join(sorted(self._cats[spec.name]))
-                return None, Problem(path, f"unknown category {value!r}; allowed: {allowed}")
+                return None, f"unknown category {value!r}; allowed: {allowed}"
             return value, None
         # numeric
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return None, Problem(path, f"must be a number, got {_type_name(value)}")
+            return None, f"must be a number, got {_type_name(value)}"
         if isinstance(value, float) and not math.isfinite(value):
-            return None, Problem(path, "must be a finite number (NaN and Infinity are refused)")
+            return None, "must be a finite number (NaN and Infinity are refused)"
         if kind == "int" and isinstance(value, float):
             if not value.is_integer():
-                return None, Problem(path, f"must be an integer, got {value!r}")
+                return None, f"must be an integer, got {value!r}"
             value = int(value)
         # range first: a huge JSON integer compares exactly but cannot become a float
         lo, hi = spec.minimum, spec.maximum
         if lo is not None and value < lo:
-            return None, Problem(path, f"must be >= {lo:g}, got {_short(value)}")
+            return None, f"must be >= {lo:g}, got {_short(value)}"
         if hi is not None and value > hi:
-            return None, Problem(path, f"must be <= {hi:g}, got {_short(value)}")
+            return None, f"must be <= {hi:g}, got {_short(value)}"
         if kind == "float":
             value = float(value)
         elif isinstance(value, int) and (lo is None or hi is None) and abs(value) > 2**53:
-            return None, Problem(path, "must be an integer within +-2^53")
+            return None, "must be an integer within +-2^53"
         return value, None
 
     def validate(self, obj: Any, prefix: str = "") -> tuple[ValidInstance | None, list[Problem]]:
@@ -165,15 +166,15 @@ class InstanceValidator:
                 if key not in self.names:
                     problems.append(Problem(f"{prefix}features.{_key(key)}", "unknown feature"))
             for spec in self.specs:
-                path = f"{prefix}features.{spec.name}"
-                if spec.name not in features:
-                    problems.append(Problem(path, "required"))
+                name = spec.name
+                if name not in features:
+                    problems.append(Problem(f"{prefix}features.{name}", "required"))
                     continue
-                value, problem = self._feature(spec, features[spec.name], path)
-                if problem is not None:
-                    problems.append(problem)
+                value, problem = self._feature(spec, features[name])
+                if problem is None:
+                    clean[name] = value
                 else:
-                    clean[spec.name] = value
+                    problems.append(Problem(f"{prefix}features.{name}", problem))
         entity_type = entity_id = request_id = None
         if obj.get("entity") is not None:
             entity_problems, pair = validate_entity(obj["entity"], prefix, self.max_string_length)
