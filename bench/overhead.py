@@ -190,9 +190,9 @@ VARIANTS: tuple[Variant, ...] = (
         env={"INFERWATCH_HTTP_INSTRUMENTATION": "otel-contrib"},
     ),
     Variant(
-        "iw-live-inline-metrics",
-        "as iw-live, measurements recorded on the request thread (no deferral)",
-        env={"INFERWATCH_MEASUREMENT_BATCH_MS": "0"},
+        "iw-live-inline-telemetry",
+        "as iw-live, telemetry finished on the request thread (no deferral)",
+        env={"INFERWATCH_TELEMETRY_BATCH_MS": "0"},
     ),
     Variant(
         "iw-live-no-http",

@@ -61,10 +61,10 @@ class Settings(BaseSettings):
     exponential_max_scale: int = Field(20, ge=-10, le=20)
     exponential_max_size: int = Field(160, ge=2)
     telemetry_shutdown_timeout_s: float = Field(3.0, ge=0)
-    # Request-path measurements are queued and handed to the metrics SDK by a background
-    # thread this often (service/telemetry/deferred.py): ~70 µs less CPU per prediction,
-    # exemplars keep their trace ids, every collection drains first. 0: record inline.
-    measurement_batch_ms: int = Field(100, ge=0, le=5000)
+    # Request-path telemetry (measurements, span attributes and ends) is queued and run
+    # by a background thread this often (service/telemetry/deferred.py); exemplar ids and
+    # span times stay exact, every metric collection drains first. 0: all inline.
+    telemetry_batch_ms: int = Field(100, ge=0, le=5000)
     # test-only latency injection; refused unless environment is development or test
     inject_latency_s: float = Field(0.0, ge=0, le=5)
 

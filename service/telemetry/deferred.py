@@ -1,27 +1,29 @@
-"""Request-path measurements handed to the metrics SDK in batches, off the request path.
+"""Request-path telemetry work handed to the SDK in batches, off the request path.
 
-Why: one synchronous SDK measurement costs ~7-9 µs in a tight loop but 25-35 µs on the
-request path, right after ``predict_proba`` has evicted the CPU caches (measured,
-docs/benchmarks.md: the three per-request measurements cost ~100 µs in place, and
-the same three cost ~27 µs when recorded one request after another). So a request
-only appends ``(instrument, value, attributes, context)`` to a deque (~0.3 µs), and a
-background thread hands them to the SDK every ``interval_s``, in chunks, between
-which it releases the GIL so a waiting request is not held up.
+Why: one synchronous SDK measurement costs ~7-9 µs in a tight loop but 25-27 µs on the
+request path, right after ``predict_proba`` has evicted the CPU caches; setting a
+span's attributes and ending it are the same story (docs/decisions.md has the
+measurements). So a request only appends ``(call, a, b, c)`` to a deque (~0.3 µs):
+its histogram records and counter increments (with the request's OTel context), the
+route's prediction attributes on the server span, and the span's final name,
+attributes and end (with the request's end time). A background thread runs the queue
+every ``interval_s``, in order, in chunks between which it releases the GIL so a
+waiting request is not held up; counter increments of one attribute set are summed.
 
-What stays exact: every value, its attributes, and its exemplar's trace and span id
-(the request's OTel context is captured at the call and passed to the SDK). What
-moves: the SDK stamps the measurement (and so its exemplar) when it is handed over,
-up to ``interval_s`` after the request. Every reader sees every measurement made
-before it collects: an observable counter's callback, which the SDK runs at the
-start of each collection, drains the queue first (the periodic OTLP reader, the
-``/metrics`` pull reader and the tests' in-memory readers alike); shutdown drains
-too. That counter, ``inferwatch.telemetry.measurements``, counts what was handed
-over and what was dropped (only if the queue reaches ``max_pending``, i.e. the
-drain thread stopped keeping up).
+What stays exact: every value and attribute set, every exemplar's trace and span id,
+every span's start and end time. What moves: the metrics SDK stamps a measurement
+(and its exemplar) when it is handed over, up to ``interval_s`` after the request;
+a span reaches its processors (and the exporter) up to ``interval_s`` later. Every
+metric reader sees every measurement made before it collects: an observable
+counter's callback, which the SDK runs at the start of each collection, drains the
+queue first (the periodic OTLP reader, the ``/metrics`` pull reader and the tests'
+in-memory readers alike); shutdown drains before the providers flush. That counter,
+``inferwatch.telemetry.deferred``, counts the items run and the items dropped (only
+if the queue reaches ``max_pending``, i.e. the drain thread stopped keeping up).
 
-``interval_s=0`` records inline on the request thread (the SDK's own behaviour).
+``interval_s=0`` does everything inline on the request thread (the SDK's behaviour).
 
-Must never: block a request, lose a measurement silently, or record one twice.
+Must never: block a request, lose an item silently, or run one twice.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from opentelemetry.util.types import Attributes
 
 from service.telemetry.instruments import (
     ATTR_OUTCOME,
-    TELEMETRY_MEASUREMENTS,
+    TELEMETRY_DEFERRED,
 )
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ _HANDED: Attributes = {ATTR_OUTCOME: "recorded"}
 _DROPPED: Attributes = {ATTR_OUTCOME: "dropped"}
 
 
-class DeferredMeasurements:
+class DeferredTelemetry:
     """The queue, its drain thread, and instrument wrappers that record into it."""
 
     def __init__(
@@ -72,11 +74,11 @@ class DeferredMeasurements:
         self.recorded = 0
         self.dropped = 0
         meter.create_observable_counter(
-            TELEMETRY_MEASUREMENTS,
+            TELEMETRY_DEFERRED,
             callbacks=[self._observe],
-            unit="{measurement}",
-            description="Request-path measurements handed to the metrics SDK, by outcome "
-            "(recorded, dropped).",
+            unit="{item}",
+            description="Request-path telemetry (measurements, span attributes and ends) "
+            "run off the request path, by outcome (recorded, dropped).",
         )
 
     # -- the request path ----------------------------------------------------------------
@@ -113,9 +115,7 @@ class DeferredMeasurements:
     def start(self) -> None:
         if self.interval_s <= 0 or self._thread is not None:
             return
-        self._thread = threading.Thread(
-            target=self._run, name="telemetry-measurements", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="telemetry-deferred", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -184,7 +184,7 @@ class DeferredMeasurements:
 class _DeferredHistogram(Histogram):
     """A Histogram whose ``record`` queues; the SDK instrument records at the drain."""
 
-    def __init__(self, owner: DeferredMeasurements, instrument: Histogram) -> None:
+    def __init__(self, owner: DeferredTelemetry, instrument: Histogram) -> None:
         self._put = owner.put
         self._record = instrument.record
         self.instrument = instrument
@@ -199,7 +199,7 @@ class _DeferredHistogram(Histogram):
 
 
 class _DeferredCounter(Counter):
-    def __init__(self, owner: DeferredMeasurements, instrument: Counter) -> None:
+    def __init__(self, owner: DeferredTelemetry, instrument: Counter) -> None:
         self._put = owner.put
         self._add = instrument.add
         self.instrument = instrument

@@ -42,7 +42,7 @@ from opentelemetry.semconv.attributes.url_attributes import URL_PATH, URL_SCHEME
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.telemetry.deferred import DeferredMeasurements
+from service.telemetry.deferred import DeferredTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class HttpInstruments:
     duration: Histogram | None = None
     # when set, a successful request's span is finished (name, attributes, end) at the
     # next drain, with the request's end time (service/telemetry/deferred.py)
-    deferred: DeferredMeasurements | None = None
+    deferred: DeferredTelemetry | None = None
 
 
 class HttpServerTelemetry:

@@ -20,7 +20,7 @@ from opentelemetry.metrics import Counter, Histogram, Meter, UpDownCounter
 from opentelemetry.semconv.metrics import http_metrics
 
 if TYPE_CHECKING:
-    from service.telemetry.deferred import DeferredMeasurements
+    from service.telemetry.deferred import DeferredTelemetry
 
 # --- instrumentation scope ---------------------------------------------------------
 SCOPE_NAME: Final = "inferwatch"
@@ -49,7 +49,7 @@ PREDICTIONS: Final = "inferwatch.predictions"
 REJECTED_REQUESTS: Final = "inferwatch.requests.rejected"
 HTTP_SERVER_DURATION: Final = http_metrics.HTTP_SERVER_REQUEST_DURATION  # service/telemetry/http.py
 # request-path measurements handed to the SDK off the request path (telemetry/deferred.py)
-TELEMETRY_MEASUREMENTS: Final = "inferwatch.telemetry.measurements"
+TELEMETRY_DEFERRED: Final = "inferwatch.telemetry.deferred"
 
 AUDIT_ENQUEUED: Final = "inferwatch.audit.enqueued"
 AUDIT_WRITTEN: Final = "inferwatch.audit.written"
@@ -81,7 +81,7 @@ PROM_BATCH_INFERENCE_DURATION: Final = "inferwatch_inference_batch_duration_seco
 PROM_PREDICTIONS: Final = "inferwatch_predictions_total"
 PROM_REJECTED_REQUESTS: Final = "inferwatch_requests_rejected_total"
 PROM_HTTP_SERVER_DURATION: Final = "http_server_request_duration_seconds"
-PROM_TELEMETRY_MEASUREMENTS: Final = "inferwatch_telemetry_measurements_total"
+PROM_TELEMETRY_DEFERRED: Final = "inferwatch_telemetry_deferred_total"
 PROM_AUDIT_DROPPED: Final = "inferwatch_audit_dropped_total"
 PROM_DRIFT_PSI: Final = "inferwatch_drift_psi"
 PROM_DRIFT_DETECTED: Final = "inferwatch_drift_detected"
@@ -104,7 +104,7 @@ class ServiceInstruments:
     predictions: Counter
     rejected: Counter
 
-    def deferred(self, by: DeferredMeasurements) -> ServiceInstruments:
+    def deferred(self, by: DeferredTelemetry) -> ServiceInstruments:
         """The same instruments, recording through ``by`` (service/telemetry/deferred.py)."""
         return ServiceInstruments(
             inference_duration=by.histogram(self.inference_duration),

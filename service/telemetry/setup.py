@@ -48,7 +48,7 @@ from prometheus_client import CollectorRegistry
 
 from service import __version__
 from service.settings import Settings
-from service.telemetry.deferred import DeferredMeasurements
+from service.telemetry.deferred import DeferredTelemetry
 from service.telemetry.instruments import SCOPE_NAME
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class Telemetry:
     registry: CollectorRegistry | None
     resource: Resource
     # request-path measurements go through this when set (service/telemetry/deferred.py)
-    deferred: DeferredMeasurements | None = None
+    deferred: DeferredTelemetry | None = None
     _stopped: bool = field(default=False, repr=False)
 
     def shutdown(self, timeout_s: float) -> None:
@@ -232,8 +232,8 @@ def build_telemetry(
     meter_provider = MeterProvider(resource=resource, metric_readers=list(metric_readers))
     meter = meter_provider.get_meter(SCOPE_NAME, __version__)
     deferred = None
-    if settings.measurement_batch_ms > 0:
-        deferred = DeferredMeasurements(meter, settings.measurement_batch_ms / 1000)
+    if settings.telemetry_batch_ms > 0:
+        deferred = DeferredTelemetry(meter, settings.telemetry_batch_ms / 1000)
         deferred.start()
     return Telemetry(
         tracer_provider=tracer_provider,

@@ -192,7 +192,7 @@ def test_a_span_finished_at_the_drain_keeps_the_requests_end_time(
 def test_with_batching_off_the_span_ends_on_the_request(
     small_model: LoadedModel, valid_features: dict[str, Any]
 ) -> None:
-    for h in make_harness(small_model, measurement_batch_ms=0):
+    for h in make_harness(small_model, telemetry_batch_ms=0):
         h.client.post("/v1/predict", json={"features": valid_features})
         # no drain: the exporter itself already holds the finished span
         (span,) = h.spans.exporter.get_finished_spans()

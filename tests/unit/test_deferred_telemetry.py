@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Metric
 from opentelemetry.sdk.trace import TracerProvider
 
 from service.telemetry import instruments as names
-from service.telemetry.deferred import DeferredMeasurements
+from service.telemetry.deferred import DeferredTelemetry
 
 HIST = "test.duration"
 COUNTER = "test.count"
@@ -49,7 +49,7 @@ def test_a_collection_sees_every_measurement_made_before_it(
 ) -> None:
     meter = provider.get_meter("t")
     # an interval far beyond the test: only the collection itself can drain the queue
-    deferred = DeferredMeasurements(meter, interval_s=3600)
+    deferred = DeferredTelemetry(meter, interval_s=3600)
     deferred.start()
     hist = deferred.histogram(meter.create_histogram(HIST, unit="s"))
     count = deferred.counter(meter.create_counter(COUNTER))
@@ -66,7 +66,7 @@ def test_a_collection_sees_every_measurement_made_before_it(
     assert (c.value, dict(c.attributes)) == (3, attrs)
     assert deferred.pending == 0
     handed = {
-        p.attributes[names.ATTR_OUTCOME]: p.value for p in points(got[names.TELEMETRY_MEASUREMENTS])
+        p.attributes[names.ATTR_OUTCOME]: p.value for p in points(got[names.TELEMETRY_DEFERRED])
     }
     assert handed == {"recorded": 6, "dropped": 0}
     deferred.shutdown()
@@ -76,7 +76,7 @@ def test_exemplars_carry_the_recording_span_although_the_sdk_sees_them_later(
     provider: MeterProvider, reader: InMemoryMetricReader
 ) -> None:
     meter = provider.get_meter("t")
-    deferred = DeferredMeasurements(meter, interval_s=3600)
+    deferred = DeferredTelemetry(meter, interval_s=3600)
     hist = deferred.histogram(meter.create_histogram(HIST, unit="s"))
     tracer = TracerProvider().get_tracer("t")
     with tracer.start_as_current_span("request") as span:
@@ -98,7 +98,7 @@ def test_counter_increments_are_summed_per_attribute_set(
     provider: MeterProvider, reader: InMemoryMetricReader
 ) -> None:
     meter = provider.get_meter("t")
-    deferred = DeferredMeasurements(meter, interval_s=3600, chunk=4)
+    deferred = DeferredTelemetry(meter, interval_s=3600, chunk=4)
     count = deferred.counter(meter.create_counter(COUNTER))
     a, b = {"class": "0"}, {"class": "1"}
     for i in range(25):
@@ -113,7 +113,7 @@ def test_concurrent_requests_and_drains_lose_and_double_nothing(
     provider: MeterProvider, reader: InMemoryMetricReader
 ) -> None:
     meter = provider.get_meter("t")
-    deferred = DeferredMeasurements(meter, interval_s=0.001, chunk=8)
+    deferred = DeferredTelemetry(meter, interval_s=0.001, chunk=8)
     deferred.start()
     hist = deferred.histogram(meter.create_histogram(HIST, unit="s"))
     count = deferred.counter(meter.create_counter(COUNTER))
@@ -145,7 +145,7 @@ def test_a_full_queue_drops_and_counts_rather_than_grow(
     provider: MeterProvider, reader: InMemoryMetricReader
 ) -> None:
     meter = provider.get_meter("t")
-    deferred = DeferredMeasurements(meter, interval_s=3600, max_pending=5)
+    deferred = DeferredTelemetry(meter, interval_s=3600, max_pending=5)
     hist = deferred.histogram(meter.create_histogram(HIST, unit="s"))
     for _ in range(8):
         hist.record(0.001)
@@ -153,7 +153,7 @@ def test_a_full_queue_drops_and_counts_rather_than_grow(
     got = metrics(reader)
     assert points(got[HIST])[0].count == 5
     handed = {
-        p.attributes[names.ATTR_OUTCOME]: p.value for p in points(got[names.TELEMETRY_MEASUREMENTS])
+        p.attributes[names.ATTR_OUTCOME]: p.value for p in points(got[names.TELEMETRY_DEFERRED])
     }
     assert handed == {"recorded": 5, "dropped": 3}
 
@@ -162,7 +162,7 @@ def test_shutdown_hands_over_what_is_queued(
     provider: MeterProvider, reader: InMemoryMetricReader
 ) -> None:
     meter = provider.get_meter("t")
-    deferred = DeferredMeasurements(meter, interval_s=3600)
+    deferred = DeferredTelemetry(meter, interval_s=3600)
     deferred.start()
     hist = deferred.histogram(meter.create_histogram(HIST, unit="s"))
     hist.record(0.5)
@@ -173,7 +173,7 @@ def test_shutdown_hands_over_what_is_queued(
 
 def test_interval_zero_records_inline_with_the_sdk_instruments(provider: MeterProvider) -> None:
     meter = provider.get_meter("t")
-    deferred = DeferredMeasurements(meter, interval_s=0)
+    deferred = DeferredTelemetry(meter, interval_s=0)
     sdk_hist = meter.create_histogram(HIST, unit="s")
     sdk_count = meter.create_counter(COUNTER)
     assert deferred.histogram(sdk_hist) is sdk_hist
