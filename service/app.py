@@ -137,6 +137,7 @@ def create_app(
             telemetry=telemetry,
             instruments=instruments,
             audit=sink,
+            span_finisher=http.deferred,
         )
         app.state.runtime = runtime
         app.state.model = loaded

@@ -17,6 +17,7 @@ from service.audit.sink import AuditSink
 from service.inference.predictor import Predictor
 from service.settings import Settings
 from service.telemetry import instruments as names
+from service.telemetry.deferred import DeferredTelemetry
 from service.telemetry.instruments import ServiceInstruments
 from service.telemetry.setup import Telemetry
 
@@ -29,6 +30,9 @@ class Runtime:
     telemetry: Telemetry
     instruments: ServiceInstruments
     audit: AuditSink
+    # set when our HTTP instrumentation finishes the server span at the next drain: the
+    # route's span attributes then go through the same queue, before the span's end
+    span_finisher: DeferredTelemetry | None = None
     ready: bool = True
     model_attrs: Attributes = field(init=False)
     class_attrs: dict[int, Attributes] = field(init=False)

@@ -74,6 +74,10 @@ def test_each_mode_makes_one_server_span_per_request(
         assert h.client.get("/healthz").is_success  # probes are not traced
         spans = h.spans.get_finished_spans()
         assert [(s.name, s.kind) for s in spans] == [("POST /v1/predict", SpanKind.SERVER)] * 3
+        for span in spans:  # the prediction is on the server span whichever ends it
+            assert span.attributes is not None
+            assert span.attributes[names.ATTR_MODEL_NAME] == small_model.metadata.name
+            assert span.attributes[names.ATTR_PREDICTION_CLASS] in (0, 1)
         (point,) = http_points(h)
         assert point.count == 3
 

@@ -52,10 +52,10 @@ def _ids() -> tuple[str, str]:
 
 
 def _set_span_attributes(runtime: Runtime, span: trace.Span, attrs: dict[str, Any]) -> None:
-    deferred = runtime.telemetry.deferred
-    if deferred is not None:  # set at the next drain, before the span ends there
-        deferred.set_span_attributes(span, attrs)
-    else:
+    finisher = runtime.span_finisher
+    if finisher is not None:  # our middleware ends the span at the drain, after these
+        finisher.set_span_attributes(span, attrs)
+    else:  # FastAPI's or contrib's instrumentation ends it right after the response
         span.set_attributes(attrs)
 
 
