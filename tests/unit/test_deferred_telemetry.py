@@ -44,6 +44,13 @@ def points(metric: Metric) -> list[Any]:
     return list(metric.data.data_points)
 
 
+def outcomes(got: dict[str, Metric]) -> dict[str, int]:
+    """inferwatch.telemetry.deferred by outcome."""
+    return {
+        p.attributes[names.ATTR_OUTCOME]: p.value for p in points(got[names.TELEMETRY_DEFERRED])
+    }
+
+
 def test_a_collection_sees_every_measurement_made_before_it(
     provider: MeterProvider, reader: InMemoryMetricReader
 ) -> None:
@@ -65,10 +72,7 @@ def test_a_collection_sees_every_measurement_made_before_it(
     (c,) = points(got[COUNTER])
     assert (c.value, dict(c.attributes)) == (3, attrs)
     assert deferred.pending == 0
-    handed = {
-        p.attributes[names.ATTR_OUTCOME]: p.value for p in points(got[names.TELEMETRY_DEFERRED])
-    }
-    assert handed == {"recorded": 6, "dropped": 0}
+    assert outcomes(got) == {"recorded": 6, "dropped": 0}
     deferred.shutdown()
 
 
@@ -152,10 +156,7 @@ def test_a_full_queue_drops_and_counts_rather_than_grow(
     assert deferred.pending == 5
     got = metrics(reader)
     assert points(got[HIST])[0].count == 5
-    handed = {
-        p.attributes[names.ATTR_OUTCOME]: p.value for p in points(got[names.TELEMETRY_DEFERRED])
-    }
-    assert handed == {"recorded": 5, "dropped": 3}
+    assert outcomes(got) == {"recorded": 5, "dropped": 3}
 
 
 def test_shutdown_hands_over_what_is_queued(
