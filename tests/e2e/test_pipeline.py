@@ -115,6 +115,18 @@ def test_histogram_count_reaches_exactly_n(
     poll(lambda: prom.scalar(preds) == N, 30, f"predictions counter == {N}")
 
 
+def test_the_deferred_telemetry_counter_reaches_prometheus_and_drops_nothing(
+    prom: Prom, first_n: list[dict[str, Any]]
+) -> None:
+    """Each prediction queues five items (two histogram records, a counter increment,
+    the route's span attributes, the span's end); the service reports them run, none
+    dropped, under the name the runbook queries."""
+    recorded = f'sum({names.PROM_TELEMETRY_DEFERRED}{{outcome="recorded"}})'
+    poll(lambda: (prom.scalar(recorded) or 0) >= 5 * N, 60, f"deferred items run >= {5 * N}")
+    dropped = prom.scalar(f'sum({names.PROM_TELEMETRY_DEFERRED}{{outcome="dropped"}})')
+    assert dropped == 0
+
+
 def test_p99_from_prometheus_within_5_percent_of_exact(
     stack: Stack, prom: Prom, first_n: list[dict[str, Any]], model_version: str
 ) -> None:
