@@ -268,6 +268,20 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
             cf,
         )
     )
+    tel = slo["telemetry"]
+    rules.append(
+        _alert(
+            slo,
+            "InferwatchTelemetryDropped",
+            "sum by (job, instance) (increase(inferwatch_telemetry_deferred_total"
+            f'{{outcome="dropped"}}[{tel["dropped_window"]}])) > 0',
+            "ticket",
+            "The service dropped its own telemetry",
+            "{{ $labels.instance }} dropped queued telemetry (measurements, span ends) in "
+            f"the last {tel['dropped_window']}: its drain thread fell behind, so its metrics "
+            "undercount and some spans are missing.",
+        )
+    )
     rules.append(
         _alert(
             slo,
