@@ -21,7 +21,8 @@ in-memory readers alike); shutdown drains before the providers flush. That count
 ``inferwatch.telemetry.deferred``, counts the items run and the items dropped (only
 if the queue reaches ``max_pending``, i.e. the drain thread stopped keeping up).
 
-``interval_s=0`` does everything inline on the request thread (the SDK's behaviour).
+``INFERWATCH_TELEMETRY_BATCH_MS=0`` builds none of this (``Telemetry.deferred`` is
+``None``) and everything runs inline on the request thread, as the SDK does it.
 
 Must never: block a request, lose an item silently, or run one twice.
 """
@@ -63,6 +64,8 @@ class DeferredTelemetry:
         chunk: int = 32,
         max_pending: int = 100_000,
     ) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s must be > 0; inline telemetry needs no queue")
         self.interval_s = interval_s
         self._chunk = chunk
         self._max_pending = max_pending
@@ -83,11 +86,9 @@ class DeferredTelemetry:
 
     # -- the request path ----------------------------------------------------------------
     def histogram(self, instrument: Histogram) -> Histogram:
-        return _DeferredHistogram(self, instrument) if self.interval_s > 0 else instrument
+        return _DeferredHistogram(self, instrument)
 
     def counter(self, instrument: Counter) -> Counter:
-        if self.interval_s <= 0:
-            return instrument
         wrapped = _DeferredCounter(self, instrument)
         self._sum_methods.add(wrapped._add)
         return wrapped
@@ -113,7 +114,7 @@ class DeferredTelemetry:
 
     # -- the drain -----------------------------------------------------------------------
     def start(self) -> None:
-        if self.interval_s <= 0 or self._thread is not None:
+        if self._thread is not None:
             return
         self._thread = threading.Thread(target=self._run, name="telemetry-deferred", daemon=True)
         self._thread.start()
@@ -126,7 +127,7 @@ class DeferredTelemetry:
                 log.exception("handing measurements to the metrics SDK failed")
 
     def drain(self, *, yield_between_chunks: bool = False) -> int:
-        """Hand every queued measurement to the SDK; returns how many.
+        """Run every queued item (measurements, span calls); returns how many.
 
         Counter increments with the same instrument and attribute set are summed into
         one ``add`` (a sum is a sum; its exemplar is the last request's): a third of the

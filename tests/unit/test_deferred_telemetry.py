@@ -13,8 +13,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Metric
 from opentelemetry.sdk.trace import TracerProvider
 
+from service.settings import Settings
 from service.telemetry import instruments as names
 from service.telemetry.deferred import DeferredTelemetry
+from service.telemetry.setup import build_telemetry
 
 HIST = "test.duration"
 COUNTER = "test.count"
@@ -172,12 +174,20 @@ def test_shutdown_hands_over_what_is_queued(
     assert deferred.recorded == 1
 
 
-def test_interval_zero_records_inline_with_the_sdk_instruments(provider: MeterProvider) -> None:
-    meter = provider.get_meter("t")
-    deferred = DeferredTelemetry(meter, interval_s=0)
-    sdk_hist = meter.create_histogram(HIST, unit="s")
-    sdk_count = meter.create_counter(COUNTER)
-    assert deferred.histogram(sdk_hist) is sdk_hist
-    assert deferred.counter(sdk_count) is sdk_count
-    deferred.start()
-    assert deferred._thread is None
+def drain_threads() -> int:
+    return sum(t.name == "telemetry-deferred" for t in threading.enumerate())
+
+
+def test_batching_off_builds_no_queue_and_the_sdk_instruments_record_inline() -> None:
+    before = drain_threads()
+    telemetry = build_telemetry(
+        Settings(environment="test", otlp_enabled=False, telemetry_batch_ms=0),
+        metric_readers=[InMemoryMetricReader()],
+    )
+    try:
+        assert telemetry.deferred is None
+        assert drain_threads() == before  # no drain thread started
+    finally:
+        telemetry.shutdown(2)
+    with pytest.raises(ValueError, match="interval_s"):
+        DeferredTelemetry(MeterProvider().get_meter("t"), interval_s=0)
