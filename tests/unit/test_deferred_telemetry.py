@@ -178,7 +178,7 @@ def drain_threads() -> int:
     return sum(t.name == "telemetry-deferred" for t in threading.enumerate())
 
 
-def test_batching_off_builds_no_queue_and_the_sdk_instruments_record_inline() -> None:
+def test_batching_off_builds_no_queue_and_no_drain_thread() -> None:
     before = drain_threads()
     telemetry = build_telemetry(
         Settings(environment="test", otlp_enabled=False, telemetry_batch_ms=0),
