@@ -42,10 +42,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.audit import encoding as enc
-from service.audit.privacy import PrivacyPolicy
-from service.audit.records import PredictionRecord
-from service.audit.writer import PostgresAuditWriter
+from inferwatch.audit import encoding as enc
+from inferwatch.audit.privacy import PrivacyPolicy
+from inferwatch.audit.records import PredictionRecord
+from inferwatch.audit.writer import PostgresAuditWriter
 from tests.fixtures.pg import create_audit_db, start_cluster
 
 FEATURES = [f"feature_{i:02d}" for i in range(20)]

@@ -159,7 +159,7 @@ def build(name: str) -> Any:
         from bench.overhead import create_bare
 
         return create_bare()
-    from service.app import create_app
+    from inferwatch.app import create_app
 
     if APPS[name].get("BENCH_SDK_ENCODER"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -24,9 +24,9 @@ from typing import Any
 
 import psycopg
 
-from service.analysis import drift, store
-from service.inference import data
-from service.inference.training import card_fraud_schema, reference_profile
+from inferwatch.analysis import drift, store
+from inferwatch.inference import data
+from inferwatch.inference.training import card_fraud_schema, reference_profile
 from tests.fixtures.pg import create_audit_db, start_cluster
 
 # Realistic payloads generated in SQL (Box-Muller for normals; same shapes as data.py),

@@ -12,7 +12,7 @@ Same machine, same model, same load, one run, side by side. One model is trained
   ids and the audit writer only), to split the framework's cost from telemetry's;
 - ``iw-collector-absent``: all telemetry on, OTLP endpoint on a closed loopback port;
 - ``iw-live``: all telemetry on, as shipped (our HTTP instrumentation,
-  service/telemetry/http.py), exporting to the real collector built by stack/install.sh,
+  service/inferwatch/telemetry/http.py), exporting to the real collector built by stack/install.sh,
   running collector/config.yaml, which forwards metrics to a real Prometheus (both
   started with stack/launch.py's ``Stack``);
 - ``iw-live-fastapi-native``: as iw-live with FastAPI's built-in telemetry instead;
@@ -107,8 +107,8 @@ def create_bare() -> Any:
     import orjson
     from threadpoolctl import threadpool_limits
 
-    from service.inference.encoding import RowEncoder
-    from service.inference.loading import load_model
+    from inferwatch.inference.encoding import RowEncoder
+    from inferwatch.inference.loading import load_model
 
     threadpool_limits(limits=1)
     loaded = load_model(Path(os.environ["BENCH_MODEL_PATH"]))
@@ -138,7 +138,7 @@ def create_bare() -> Any:
 
 
 def serve(port: int, factory: str) -> None:
-    """Same uvicorn flags as `inferwatch serve` (service/cli.py)."""
+    """Same uvicorn flags as `inferwatch serve` (service/inferwatch/cli.py)."""
     import uvicorn
 
     uvicorn.run(
@@ -650,21 +650,21 @@ def measure(
 # files is theirs): the model, the row encoder, validation and the audit hand-off.
 SUBTREE_RULES: tuple[tuple[str, str], ...] = (
     ("predict_proba (model; incl. slowdown by other threads)", "/sklearn/"),
-    ("row encoding (RowEncoder)", "/service/inference/encoding.py"),
-    ("validation (InstanceValidator)", "/service/api/validation.py"),
-    ("audit submit (hand-off to the writer)", "/service/audit/"),
+    ("row encoding (RowEncoder)", "/inferwatch/inference/encoding.py"),
+    ("validation (InstanceValidator)", "/inferwatch/api/validation.py"),
+    ("audit submit (hand-off to the writer)", "/inferwatch/audit/"),
 )
 # Then the leaf-most frame that matches one of these names the sample's component.
 LEAF_RULES: tuple[tuple[str, str], ...] = (
-    ("HTTP instrumentation: ours (its own code)", "/service/telemetry/http.py"),
-    ("OTLP span encoder (ours)", "/service/telemetry/otlp_spans.py"),
+    ("HTTP instrumentation: ours (its own code)", "/inferwatch/telemetry/http.py"),
+    ("OTLP span encoder (ours)", "/inferwatch/telemetry/otlp_spans.py"),
     ("HTTP instrumentation: FastAPI native (its own code)", "/fastapi/telemetry/"),
     ("HTTP instrumentation: otel-contrib (its own code)", "/opentelemetry/instrumentation/"),
     ("OTel SDK", "/opentelemetry/"),
     ("ids (uuid7)", "/uuid_utils/"),
-    ("body read + JSON parse (read_json)", "/service/api/body.py"),
-    ("route code (predict.py)", "/service/api/routes/predict.py"),
-    ("service, other", "/service/"),
+    ("body read + JSON parse (read_json)", "/inferwatch/api/body.py"),
+    ("route code (predict.py)", "/inferwatch/api/routes/predict.py"),
+    ("inferwatch, other", "/inferwatch/"),
     ("bench/overhead.py: bare route", "/bench/overhead.py"),
     ("FastAPI/Starlette (routing, request, response)", "/starlette/"),
     ("FastAPI/Starlette (routing, request, response)", "/fastapi/"),
@@ -674,11 +674,11 @@ LEAF_RULES: tuple[tuple[str, str], ...] = (
 )
 # Who made an OTel SDK call: the nearest caller among these.
 OTEL_CALLERS: tuple[tuple[str, str], ...] = (
-    ("our HTTP instrumentation", "/service/telemetry/http.py"),
+    ("our HTTP instrumentation", "/inferwatch/telemetry/http.py"),
     ("FastAPI native HTTP telemetry", "/fastapi/telemetry/"),
     ("otel-contrib instrumentation", "/opentelemetry/instrumentation/"),
-    ("our route: histogram, counter, span attributes", "/service/api/routes/predict.py"),
-    ("service", "/service/"),
+    ("our route: histogram, counter, span attributes", "/inferwatch/api/routes/predict.py"),
+    ("inferwatch, other", "/inferwatch/"),
 )
 
 
@@ -804,7 +804,7 @@ def profile(server: Server, bodies: Path, seconds: float, work: Path) -> str:
 
 
 def write_bodies(path: Path, n: int) -> bytes:
-    from service.inference.data import generate_transactions
+    from inferwatch.inference.data import generate_transactions
 
     rows, _ = generate_transactions(n, seed=2026)
     lines = [

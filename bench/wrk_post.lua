@@ -3,7 +3,7 @@
 --   wrk -t1 -c32 -d15s --latency -s bench/wrk_post.lua http://127.0.0.1:PORT/v1/predict -- BODIES
 --
 -- BODIES holds one JSON request body per line (bench/overhead.py writes it from
--- service.inference.data.generate_transactions). Requests are formatted once per thread
+-- inferwatch.inference.data.generate_transactions). Requests are formatted once per thread
 -- in init(), so the load generator spends no time building them. done() prints one
 -- machine-readable line (prefix BENCH_JSON) with exact counts and percentiles in
 -- microseconds; bench/overhead.py parses it beside wrk's own text report.

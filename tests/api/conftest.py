@@ -20,11 +20,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from service.app import create_app
-from service.audit.sink import InMemoryAuditSink
-from service.inference.loading import LoadedModel, load_model
-from service.inference.training import train_model
-from service.settings import Settings
+from inferwatch.app import create_app
+from inferwatch.audit.sink import InMemoryAuditSink
+from inferwatch.inference.loading import LoadedModel, load_model
+from inferwatch.inference.training import train_model
+from inferwatch.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +36,7 @@ def small_model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 
 class DrainedSpans:
     """The in-memory exporter's spans, after the app's deferred telemetry is drained: a
-    request's span ends at the next drain (service/telemetry/deferred.py), with the
+    request's span ends at the next drain (service/inferwatch/telemetry/deferred.py), with the
     request's end time."""
 
     def __init__(self, exporter: InMemorySpanExporter, app: FastAPI) -> None:
@@ -84,7 +84,7 @@ def harness(small_model: LoadedModel) -> Iterator[Harness]:
 
 @pytest.fixture
 def valid_features(small_model: LoadedModel) -> dict[str, object]:
-    from service.inference.data import generate_transactions
+    from inferwatch.inference.data import generate_transactions
 
     rows, _ = generate_transactions(1, seed=11)
     return rows[0]

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.audit.sink import InMemoryAuditSink
-from service.inference.loading import LoadedModel
-from service.settings import Settings
+from inferwatch.app import create_app
+from inferwatch.audit.sink import InMemoryAuditSink
+from inferwatch.inference.loading import LoadedModel
+from inferwatch.settings import Settings
 
 REQUESTS = 300
 

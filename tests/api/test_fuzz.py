@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.inference.loading import LoadedModel
-from service.inference.schema import FeatureSpec
+from inferwatch.inference.loading import LoadedModel
+from inferwatch.inference.schema import FeatureSpec
 from tests.api.conftest import Harness
 
 json_scalars = st.one_of(

@@ -1,4 +1,4 @@
-"""The HTTP server instrumentation (service/telemetry/http.py, the default) and the switch.
+"""Our HTTP server instrumentation (inferwatch/telemetry/http.py, the default) and the switch.
 
 Each mode makes exactly the spans it should; ours follows the stable HTTP conventions
 on the span and on ``http.server.request.duration``, continues a caller's trace, marks
@@ -19,11 +19,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from service.app import create_app
-from service.audit.sink import InMemoryAuditSink
-from service.inference.loading import LoadedModel
-from service.settings import Settings
-from service.telemetry import instruments as names
+from inferwatch.app import create_app
+from inferwatch.audit.sink import InMemoryAuditSink
+from inferwatch.inference.loading import LoadedModel
+from inferwatch.settings import Settings
+from inferwatch.telemetry import instruments as names
 from tests.api.conftest import DrainedSpans, Harness, make_harness
 
 boom = APIRouter()

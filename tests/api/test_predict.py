@@ -12,7 +12,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.trace import SpanKind
 
-from service.telemetry import instruments as names
+from inferwatch.telemetry import instruments as names
 from tests.api.conftest import Harness
 
 
@@ -137,7 +137,7 @@ def test_prediction_ids_are_unique_and_time_ordered(
 
 
 def test_batch_predicts_each_instance_in_one_span(harness: Harness) -> None:
-    from service.inference.data import generate_transactions
+    from inferwatch.inference.data import generate_transactions
 
     rows, _ = generate_transactions(5, seed=5)
     resp = harness.client.post(

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from service.telemetry import instruments as names
+from inferwatch.telemetry import instruments as names
 from tests.api.conftest import Harness
 from tests.api.test_predict import points
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from service.inference.data import generate_transactions
-from service.telemetry import instruments as names
+from inferwatch.inference.data import generate_transactions
+from inferwatch.telemetry import instruments as names
 from stack.launch import ROOT, LaunchError, Options, Ports, Stack, pid_alive
 from tests.e2e.conftest import Prom, poll, require_stack_binaries
 

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import yaml
 
-from service.inference.data import generate_transactions
-from service.telemetry import instruments as names
+from inferwatch.inference.data import generate_transactions
+from inferwatch.telemetry import instruments as names
 from stack.launch import ROOT, Stack
 from tests.e2e.conftest import Prom, poll, read_spans, span_attrs
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from opentelemetry.sdk.metrics import MeterProvider
 
-from service.audit.writer import PostgresAuditWriter
+from inferwatch.audit.writer import PostgresAuditWriter
 from tests.fixtures.pg import wait_until
 from tests.integration.audit_helpers import make_prediction
 

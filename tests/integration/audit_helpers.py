@@ -15,9 +15,9 @@ import uuid_utils
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from service.audit.privacy import PrivacyPolicy
-from service.audit.records import PredictionRecord
-from service.audit.writer import PostgresAuditWriter
+from inferwatch.audit.privacy import PrivacyPolicy
+from inferwatch.audit.records import PredictionRecord
+from inferwatch.audit.writer import PostgresAuditWriter
 
 FEATURES = [f"f{i:02d}" for i in range(20)]
 

@@ -19,14 +19,14 @@ from fastapi.testclient import TestClient
 from opentelemetry.metrics import NoOpMeterProvider
 from typer.testing import CliRunner
 
-from service.analysis import cli
-from service.analysis.load import LoadConfig, LoadError, check_loopback, run_load
-from service.api.routes import feedback
-from service.app import create_app
-from service.audit.writer import PostgresAuditWriter
-from service.inference.loading import LoadedModel, load_model
-from service.inference.training import train_model
-from service.settings import Settings
+from inferwatch.analysis import cli
+from inferwatch.analysis.load import LoadConfig, LoadError, check_loopback, run_load
+from inferwatch.api.routes import feedback
+from inferwatch.app import create_app
+from inferwatch.audit.writer import PostgresAuditWriter
+from inferwatch.inference.loading import LoadedModel, load_model
+from inferwatch.inference.training import train_model
+from inferwatch.settings import Settings
 from tests.fixtures.pg import AuditDb
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -24,10 +24,10 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from service.analysis import drift, store
-from service.analysis.quality import quality_from_counts
-from service.inference import data
-from service.inference.training import card_fraud_schema, reference_profile
+from inferwatch.analysis import drift, store
+from inferwatch.analysis.quality import quality_from_counts
+from inferwatch.inference import data
+from inferwatch.inference.training import card_fraud_schema, reference_profile
 from tests.fixtures.pg import AuditDb
 
 pytestmark = pytest.mark.integration

@@ -10,17 +10,17 @@ import psycopg
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from service.analysis.jobs import (
+from inferwatch.analysis.jobs import (
     AnalysisGauges,
     JobConfig,
     meter_provider,
     run_once,
 )
-from service.inference import data
-from service.inference.metadata import ModelMetadata
-from service.inference.training import card_fraud_schema, reference_profile
-from service.telemetry import instruments as names
-from service.telemetry.instruments import DRIFT_DATASET, DRIFT_STATISTIC
+from inferwatch.inference import data
+from inferwatch.inference.metadata import ModelMetadata
+from inferwatch.inference.training import card_fraud_schema, reference_profile
+from inferwatch.telemetry import instruments as names
+from inferwatch.telemetry.instruments import DRIFT_DATASET, DRIFT_STATISTIC
 from tests.fixtures.pg import AuditDb
 from tests.integration.test_analysis_drift import insert_predictions
 

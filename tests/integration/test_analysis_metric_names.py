@@ -24,13 +24,13 @@ import yaml  # type: ignore[import-untyped,unused-ignore]
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-from service.analysis import jobs
-from service.analysis.drift import DriftReport, DriftThresholds, FeatureDrift, StatisticResult
-from service.analysis.quality import Quality
-from service.analysis.runner import AnalysisResult
-from service.inference.metadata import ModelMetadata
-from service.inference.training import card_fraud_schema
-from service.telemetry import instruments as names
+from inferwatch.analysis import jobs
+from inferwatch.analysis.drift import DriftReport, DriftThresholds, FeatureDrift, StatisticResult
+from inferwatch.analysis.quality import Quality
+from inferwatch.analysis.runner import AnalysisResult
+from inferwatch.inference.metadata import ModelMetadata
+from inferwatch.inference.training import card_fraud_schema
+from inferwatch.telemetry import instruments as names
 from tests.fixtures.components import component_missing
 
 pytestmark = pytest.mark.integration

@@ -15,12 +15,12 @@ import psycopg
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from service.app import create_app
-from service.audit.writer import PostgresAuditWriter
-from service.inference.data import generate_transactions
-from service.inference.loading import LoadedModel, load_model
-from service.inference.training import train_model
-from service.settings import Settings
+from inferwatch.app import create_app
+from inferwatch.audit.writer import PostgresAuditWriter
+from inferwatch.inference.data import generate_transactions
+from inferwatch.inference.loading import LoadedModel, load_model
+from inferwatch.inference.training import train_model
+from inferwatch.settings import Settings
 from tests.fixtures.pg import AuditDb
 
 with warnings.catch_warnings():  # starlette 1.x deprecates httpx for its TestClient

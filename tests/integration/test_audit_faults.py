@@ -18,7 +18,7 @@ from uuid import UUID
 
 import pytest
 
-from service.telemetry import instruments as names
+from inferwatch.telemetry import instruments as names
 from tests.fixtures.pg import AuditDb, PgCluster, create_audit_db, start_cluster, wait_until
 from tests.integration.audit_helpers import Metrics, count_ids, make_prediction, running_writer
 

@@ -9,8 +9,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from service.audit import migrate as mig
-from service.audit.cli import db_app
+from inferwatch.audit import migrate as mig
+from inferwatch.audit.cli import db_app
 from tests.fixtures.pg import AuditDb
 from tests.integration.audit_helpers import new_id
 

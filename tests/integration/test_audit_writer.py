@@ -12,12 +12,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from service.audit import encoding as enc
-from service.audit.privacy import PrivacyPolicy
-from service.audit.records import OutcomeRecord
-from service.audit.sink import AuditSink
-from service.audit.spool import Spool
-from service.telemetry import instruments as names
+from inferwatch.audit import encoding as enc
+from inferwatch.audit.privacy import PrivacyPolicy
+from inferwatch.audit.records import OutcomeRecord
+from inferwatch.audit.sink import AuditSink
+from inferwatch.audit.spool import Spool
+from inferwatch.telemetry import instruments as names
 from tests.fixtures.pg import AuditDb, wait_until
 from tests.integration.audit_helpers import (
     Metrics,
@@ -194,7 +194,7 @@ def test_refused_record_is_dead_lettered_without_losing_others(
 
 def test_full_queue_spills_to_spool_not_the_floor(audit_db: AuditDb, tmp_path: Path) -> None:
     metrics = Metrics()
-    from service.audit.writer import PostgresAuditWriter
+    from inferwatch.audit.writer import PostgresAuditWriter
 
     w = PostgresAuditWriter(
         dsn=audit_db.writer_dsn, spool_dir=tmp_path, meter=metrics.meter, queue_size=10,
@@ -256,7 +256,7 @@ def test_replays_are_idempotent(audit_db: AuditDb, tmp_path: Path) -> None:
 def test_gauges_report_queue_spool_and_age(tmp_path: Path) -> None:
     clock = [1000.0]
     metrics = Metrics()
-    from service.audit.writer import PostgresAuditWriter
+    from inferwatch.audit.writer import PostgresAuditWriter
 
     w = PostgresAuditWriter(dsn=None, spool_dir=tmp_path, meter=metrics.meter, queue_size=3)
     w.spool._clock = lambda: clock[0]

@@ -19,13 +19,13 @@ from fastapi.testclient import TestClient
 from opentelemetry.metrics import NoOpMeterProvider
 from psycopg.types.json import Jsonb
 
-from service.api.routes import feedback, monitoring
-from service.app import create_app
-from service.audit.writer import PostgresAuditWriter
-from service.inference import data
-from service.inference.loading import LoadedModel, load_model
-from service.inference.training import train_model
-from service.settings import Settings
+from inferwatch.api.routes import feedback, monitoring
+from inferwatch.app import create_app
+from inferwatch.audit.writer import PostgresAuditWriter
+from inferwatch.inference import data
+from inferwatch.inference.loading import LoadedModel, load_model
+from inferwatch.inference.training import train_model
+from inferwatch.settings import Settings
 from tests.fixtures.pg import AuditDb
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ from uuid import UUID
 import orjson
 import pytest
 
-from service.audit import encoding as enc
-from service.audit.privacy import PrivacyPolicy
-from service.audit.records import OutcomeRecord, PredictionRecord
-from service.audit.spool import Spool, encode_frame, iter_frames
+from inferwatch.audit import encoding as enc
+from inferwatch.audit.privacy import PrivacyPolicy
+from inferwatch.audit.records import OutcomeRecord, PredictionRecord
+from inferwatch.audit.spool import Spool, encode_frame, iter_frames
 
 PID = UUID("01890a5d-ac96-774b-bcce-b302099a8057")
 

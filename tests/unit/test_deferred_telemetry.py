@@ -1,4 +1,4 @@
-"""service/telemetry/deferred.py: measurements queued on the request path, handed to the
+"""service/inferwatch/telemetry/deferred.py: measurements queued on the request path, handed to the
 SDK later, none lost, none doubled, exemplars still pointing at the request's span."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Metric
 from opentelemetry.sdk.trace import TracerProvider
 
-from service.settings import Settings
-from service.telemetry import instruments as names
-from service.telemetry.deferred import DeferredTelemetry
-from service.telemetry.setup import build_telemetry
+from inferwatch.settings import Settings
+from inferwatch.telemetry import instruments as names
+from inferwatch.telemetry.deferred import DeferredTelemetry
+from inferwatch.telemetry.setup import build_telemetry
 
 HIST = "test.duration"
 COUNTER = "test.count"

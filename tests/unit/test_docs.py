@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.settings import Settings
+from inferwatch.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,7 +20,7 @@ def test_every_setting_is_documented_in_the_readme() -> None:
 
 
 def test_every_metric_constant_is_unique() -> None:
-    from service.telemetry import instruments
+    from inferwatch.telemetry import instruments
 
     values = [
         getattr(instruments, n)

@@ -9,10 +9,10 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
 
-from service.analysis import drift
-from service.analysis.quality import QualityCounts, quality_from_counts
-from service.inference import data
-from service.inference.training import card_fraud_schema, reference_profile
+from inferwatch.analysis import drift
+from inferwatch.analysis.quality import QualityCounts, quality_from_counts
+from inferwatch.inference import data
+from inferwatch.inference.training import card_fraud_schema, reference_profile
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.inference import data
-from service.inference.encoding import RowEncoder, encode_columns
-from service.inference.loading import ModelLoadError, find_model, load_model
-from service.inference.predictor import Predictor
-from service.inference.training import card_fraud_schema, train_model
+from inferwatch.inference import data
+from inferwatch.inference.encoding import RowEncoder, encode_columns
+from inferwatch.inference.loading import ModelLoadError, find_model, load_model
+from inferwatch.inference.predictor import Predictor
+from inferwatch.inference.training import card_fraud_schema, train_model
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_untrusted_types_are_refused_even_with_matching_hash(tmp_path: Path) -> 
 
     import skops.io as sio
 
-    from service.inference.training import ARTIFACT_NAME
+    from inferwatch.inference.training import ARTIFACT_NAME
 
     meta = train_model(tmp_path, version="b", estimator="logreg", n_rows=2_000, seed=3)
     target = tmp_path / meta.name / meta.version

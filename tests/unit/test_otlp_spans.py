@@ -1,4 +1,4 @@
-"""service/telemetry/otlp_spans.py: the direct encoder says exactly what the SDK's says.
+"""service/inferwatch/telemetry/otlp_spans.py: the direct encoder says exactly what the SDK's says.
 
 Equality is checked on parsed messages (``ExportTraceServiceRequest.FromString(ours)
 == encode_spans(spans)``) and on deterministic re-serialisations, over real SDK spans:
@@ -35,7 +35,7 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
-from service.telemetry.otlp_spans import FastOTLPSpanExporter, SpanEncoder
+from inferwatch.telemetry.otlp_spans import FastOTLPSpanExporter, SpanEncoder
 
 
 def assert_same(spans: Sequence[ReadableSpan], encoder: SpanEncoder | None = None) -> bytes:

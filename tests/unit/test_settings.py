@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
+from inferwatch.settings import Settings
 
 
 def test_defaults_need_no_configuration() -> None:

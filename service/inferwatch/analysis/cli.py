@@ -1,0 +1,231 @@
+"""``inferwatch drift`` and ``inferwatch load``: typer commands the main CLI registers.
+
+``drift`` exit codes: 0 done (no drift, or drift without ``--fail-on-drift``),
+1 drift found with ``--fail-on-drift``, 2 usage or database error. With ``--json``
+stdout carries only the JSON document; tables and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import psycopg
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from inferwatch.analysis import report as rpt
+from inferwatch.analysis.drift import DriftThresholds
+from inferwatch.analysis.load import LoadConfig, LoadError, run_load
+from inferwatch.analysis.runner import analyse, parse_when
+from inferwatch.inference.loading import find_model, load_metadata
+from inferwatch.inference.metadata import ModelMetadata
+
+DSN_ENV = "INFERWATCH_ANALYST_DATABASE_URL"
+_D = DriftThresholds()
+
+
+def _metadata(model_dir: Path, name: str, version: str, path: Path | None) -> ModelMetadata:
+    if path is not None:
+        return load_metadata(path if path.is_dir() else path.parent)
+    found = find_model(model_dir, name, version)
+    if found is None:
+        raise typer.BadParameter(
+            f"no metadata for {name}/{version} under {model_dir}; pass --model-dir or --metadata",
+            param_hint="--model-version",
+        )
+    return load_metadata(found)
+
+
+def drift(
+    model_version: Annotated[str, typer.Option(help="Model version to analyse")],
+    since: Annotated[str, typer.Option(help="Window start: ISO 8601, 'now', or -30m/-2h/-7d")],
+    until: Annotated[str, typer.Option(help="Window end (exclusive)")] = "now",
+    dsn: Annotated[
+        str | None, typer.Option(help=f"Analyst DSN (default: ${DSN_ENV})", show_default=False)
+    ] = None,
+    model_name: Annotated[str, typer.Option()] = "card-fraud",
+    model_dir: Annotated[Path, typer.Option(help="Where models/<name>/<version>/ live")] = Path(
+        "models"
+    ),
+    metadata: Annotated[
+        Path | None, typer.Option(help="A metadata.json (or its folder) instead of --model-dir")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+    out_dir: Annotated[Path, typer.Option(help="Where the PNG plots go")] = Path("drift-report"),
+    plots: Annotated[bool, typer.Option(help="Write PNG plots")] = True,
+    fail_on_drift: Annotated[bool, typer.Option(help="Exit 1 when the dataset drifts")] = False,
+    psi_threshold: Annotated[float, typer.Option()] = _D.psi,
+    wasserstein_threshold: Annotated[float, typer.Option()] = _D.wasserstein,
+    js_threshold: Annotated[float, typer.Option()] = _D.jensen_shannon,
+    min_rows: Annotated[int, typer.Option(help="Fewer values: 'insufficient data'")] = (
+        _D.min_rows
+    ),
+    drift_share: Annotated[
+        float, typer.Option(help="Share of features that must drift for dataset drift (0: one)")
+    ] = _D.dataset_drift_share,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Feature to leave out (repeatable)")
+    ] = None,
+) -> None:
+    """Drift (PSI + Wasserstein / Jensen-Shannon per feature) and quality of one window."""
+    err = Console(stderr=True)
+    out = err if json_out else Console()
+    dsn = dsn or os.environ.get(DSN_ENV)
+    if not dsn:
+        err.print(f"[red]no database: pass --dsn or set {DSN_ENV}[/]")
+        raise typer.Exit(2)
+    try:
+        lo, hi = parse_when(since), parse_when(until)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if lo >= hi:
+        raise typer.BadParameter("--since must be before --until")
+    meta = _metadata(model_dir, model_name, model_version, metadata)
+    thresholds = DriftThresholds(
+        psi=psi_threshold, wasserstein=wasserstein_threshold, jensen_shannon=js_threshold,
+        min_rows=min_rows, dataset_drift_share=drift_share,
+    )  # fmt: skip
+    steps = ["drift histograms and PSI (SQL)", "quality on labeled rows (SQL)",
+             "statistics and verdicts"]  # fmt: skip
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn())  # fmt: skip
+    try:
+        with Progress(*columns, console=err, transient=True) as progress:
+            task = progress.add_task("connecting", total=len(steps))
+            done = {"n": -1}
+
+            def step(name: str) -> None:
+                done["n"] += 1
+                progress.update(task, completed=done["n"], description=name)
+
+            result = analyse(
+                dsn, meta, model_version=model_version, since=lo, until=hi,
+                thresholds=thresholds, exclude=exclude or (), step=step,
+            )  # fmt: skip
+            progress.update(task, completed=len(steps))
+    except psycopg.Error as exc:
+        err.print(f"[red]database error: {type(exc).__name__}: {str(exc).strip()[:300]}[/]")
+        raise typer.Exit(2) from None
+    rpt.print_report(out, result.drift, result.quality)
+    paths = rpt.write_plots(result.drift, out_dir) if plots else []
+    for p in paths:
+        err.print(f"wrote {p}")
+    if json_out:
+        doc = {"drift": result.drift.to_dict(), "quality": result.quality.to_dict(),
+               "plots": [str(p) for p in paths]}  # fmt: skip
+        sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+    if fail_on_drift and result.drift.dataset_drift:
+        raise typer.Exit(1)
+
+
+def load(
+    rate: Annotated[float, typer.Option(help="Predictions per second (<= 2000)")] = 50.0,
+    duration: Annotated[float, typer.Option(help="Seconds to run (<= 3600)")] = 60.0,
+    drift_after: Annotated[
+        float | None, typer.Option(help="Switch to the shifted distribution after T seconds")
+    ] = None,
+    label_fraction: Annotated[float, typer.Option(help="Share of predictions labeled")] = 0.0,
+    label_delay: Annotated[float, typer.Option(help="Seconds before a label is posted")] = 2.0,
+    url: Annotated[str, typer.Option(help="The service (loopback only)")] = "http://127.0.0.1:8000",
+    seed: Annotated[int, typer.Option()] = 1,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight (<= 64)")] = 4,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+) -> None:
+    """Send realistic transactions to /v1/predict (and labels to /v1/feedback)."""
+    cfg = LoadConfig(
+        url=url, rate=rate, duration_s=duration, drift_after_s=drift_after,
+        label_fraction=label_fraction, label_delay_s=label_delay, seed=seed,
+        concurrency=concurrency,
+    )  # fmt: skip
+    err = Console(stderr=True)
+    columns = (SpinnerColumn(), TextColumn("load"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    try:
+        with Progress(*columns, console=err, transient=True) as progress:
+            task = progress.add_task("load", total=cfg.total)
+            summary = run_load(
+                cfg, on_progress=lambda done, total: progress.update(task, completed=done)
+            )
+    except LoadError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    doc = summary.as_dict()
+    if json_out:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        out = Console()
+        for k, v in doc.items():
+            out.print(f"{k:>16}: {v}")
+    if summary.ok == 0:
+        raise typer.Exit(1)
+
+
+def analysis_job(
+    model_version: Annotated[str, typer.Option(help="Model version to watch")],
+    dsn: Annotated[
+        str | None, typer.Option(help=f"Analyst DSN (default: ${DSN_ENV})", show_default=False)
+    ] = None,
+    model_name: Annotated[str, typer.Option()] = "card-fraud",
+    model_dir: Annotated[Path, typer.Option()] = Path("models"),
+    metadata: Annotated[Path | None, typer.Option()] = None,
+    window: Annotated[str, typer.Option(help="Drift window, e.g. 1h")] = "1h",
+    quality_window: Annotated[str, typer.Option(help="Quality window (labels come late)")] = "7d",
+    interval: Annotated[str, typer.Option(help="Time between runs")] = "5m",
+    once: Annotated[bool, typer.Option(help="Run once, export, exit")] = False,
+    exclude: Annotated[list[str] | None, typer.Option(help="Feature to leave out")] = None,
+) -> None:
+    """Periodic drift + quality, exported as OTel gauges over OTLP (OTEL_* env)."""
+    import signal
+    import threading
+
+    from inferwatch.analysis.jobs import (
+        AnalysisGauges,
+        JobConfig,
+        meter_provider,
+        run_forever,
+        run_once,
+    )
+
+    dsn = dsn or os.environ.get(DSN_ENV)
+    if not dsn:
+        Console(stderr=True).print(f"[red]no database: pass --dsn or set {DSN_ENV}[/]")
+        raise typer.Exit(2)
+    meta = _metadata(model_dir, model_name, model_version, metadata)
+    now = parse_when("now")
+    cfg = JobConfig(
+        model_version=model_version, drift_window=now - parse_when("-" + window, now),
+        quality_window=now - parse_when("-" + quality_window, now),
+        interval=now - parse_when("-" + interval, now), exclude=tuple(exclude or ()),
+    )  # fmt: skip
+    provider = meter_provider()
+    gauges = AnalysisGauges(provider.get_meter("inferwatch.analysis"))
+    try:
+        if once:
+            run_once(dsn, meta, cfg, gauges)
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        run_forever(dsn, meta, cfg, gauges, stop)
+    finally:
+        provider.shutdown(timeout_millis=5_000)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``drift``, ``load`` and ``analysis-job`` to the main ``inferwatch`` app."""
+    app.command("drift")(drift)
+    app.command("load")(load)
+    app.command("analysis-job")(analysis_job)

@@ -1,0 +1,89 @@
+"""One drift + quality run over a window: the CLI and the periodic job both call this.
+
+Reads the reference profile and decision threshold from the model's metadata, asks
+Postgres for the window's histograms and quality counts (as the analyst role), and
+evaluates them. No presentation here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from inferwatch.analysis import drift, store
+from inferwatch.analysis.quality import Quality, quality_from_counts
+from inferwatch.inference.metadata import ModelMetadata
+
+_RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_when(text: str, now: datetime | None = None) -> datetime:
+    """ISO 8601 (naive means UTC), ``now``, or relative to now: ``-30m``, ``-2h``, ``-7d``."""
+    now = now or datetime.now(UTC)
+    text = text.strip()
+    if text == "now":
+        return now
+    m = _RELATIVE.match(text)
+    if m:
+        return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisResult:
+    drift: drift.DriftReport
+    quality: Quality
+
+
+Step = Callable[[str], None]
+
+
+def analyse(
+    dsn: str,
+    metadata: ModelMetadata,
+    *,
+    model_version: str,
+    since: datetime,
+    until: datetime,
+    thresholds: drift.DriftThresholds | None = None,
+    exclude: Sequence[str] = (),
+    step: Step = lambda _: None,
+) -> AnalysisResult:
+    refs = drift.parse_profile(metadata.reference_profile)
+    thresholds = thresholds or drift.DriftThresholds()
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
+        conn.read_only = True
+        step("drift histograms and PSI (SQL)")
+        hists, rows = store.drift_histograms(
+            conn, refs, model_version=model_version, since=since, until=until
+        )
+        step("quality on labeled rows (SQL)")
+        counts = store.quality_counts(
+            conn, model_version=model_version, since=since, until=until,
+            threshold=metadata.decision_threshold,
+        )  # fmt: skip
+    step("statistics and verdicts")
+    report = drift.evaluate(
+        refs, hists, thresholds, model_version=model_version, since=since.isoformat(),
+        until=until.isoformat(), rows=rows, exclude=exclude,
+    )  # fmt: skip
+    return AnalysisResult(report, quality_from_counts(counts, metadata.decision_threshold))
+
+
+def quality_only(
+    dsn: str, metadata: ModelMetadata, *, model_version: str, since: datetime, until: datetime
+) -> Quality:
+    """Quality of a window without its drift (the job looks further back for labels)."""
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
+        conn.read_only = True
+        counts = store.quality_counts(
+            conn, model_version=model_version, since=since, until=until,
+            threshold=metadata.decision_threshold,
+        )  # fmt: skip
+    return quality_from_counts(counts, metadata.decision_threshold)

@@ -1,0 +1,239 @@
+"""POST /v1/feedback: ground-truth labels for served predictions (one or a batch).
+
+An outcome names its prediction by ``prediction_id`` or by the ``entity`` (type +
+id) the caller gave at prediction time. The route validates and hands an
+:class:`OutcomeRecord` to the same non-blocking, lossless audit writer as the
+predictions; it never reads the database. So:
+
+* a label may arrive before its prediction row is flushed, or days later: outcomes
+  are joined at query time (view ``prediction_outcomes``), never at write time;
+* idempotent: the same label twice for the same key is one outcome (the writer's
+  unique key on key + label);
+* a different label later is a *correction*, not a conflict: the latest received
+  wins in the views, earlier ones stay as history (docs/analysts.md says why we do
+  not answer 409: that needs a synchronous read the writer role cannot do, and a
+  prediction that is not flushed yet would be a false "unknown").
+
+Every client error is a 4xx in the service's error shape; the batch is all or
+nothing (all problems reported at once).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from inferwatch.api.body import read_json
+from inferwatch.api.errors import ApiError
+from inferwatch.api.validation import Problem, string_problem, validate_entity
+from inferwatch.audit.records import OutcomeRecord
+from inferwatch.audit.sink import AuditSink
+
+router = APIRouter(prefix="/v1", tags=["feedback"])
+
+OUTCOME_KEYS: Final = frozenset({"prediction_id", "entity", "label", "observed_at"})
+MAX_CLOCK_SKEW: Final = timedelta(minutes=5)  # observed_at may not lie further in the future
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed JSON"},
+    413: {"description": "Body too large"},
+    415: {"description": "Not JSON"},
+    422: {"description": "Invalid outcome(s); `detail` names every bad field and why"},
+    503: {"description": "Audit writer not started"},
+}
+
+
+def validate_outcome(
+    obj: Any,
+    *,
+    classes: Sequence[int],
+    max_string_length: int,
+    now: datetime,
+    prefix: str = "",
+) -> tuple[OutcomeRecord | None, list[Problem]]:
+    """One outcome object -> a record stamped ``received_at = now``, or its problems. Pure."""
+    if not isinstance(obj, dict):
+        return None, [Problem(prefix or "body", "must be an object")]
+    problems = [
+        Problem(f"{prefix}{str(k)[:64]}", "unknown field") for k in obj if k not in OUTCOME_KEYS
+    ]
+    label = obj.get("label")
+    if "label" not in obj:
+        problems.append(Problem(f"{prefix}label", "required"))
+    elif isinstance(label, bool) or not isinstance(label, int | float):
+        problems.append(Problem(f"{prefix}label", "must be an integer class label"))
+    elif isinstance(label, float) and not label.is_integer():
+        problems.append(Problem(f"{prefix}label", f"must be an integer, got {label!r}"))
+    elif int(label) not in classes:
+        allowed = ", ".join(str(c) for c in classes)
+        problems.append(Problem(f"{prefix}label", f"must be one of the model's classes: {allowed}"))
+    has_pid = obj.get("prediction_id") is not None
+    has_entity = obj.get("entity") is not None
+    pid: uuid.UUID | None = None
+    etype = eid = None
+    if has_pid == has_entity:
+        problems.append(
+            Problem(f"{prefix}prediction_id", "give exactly one of prediction_id or entity")
+        )
+    elif has_pid:
+        raw = obj["prediction_id"]
+        msg = string_problem(raw, 64)
+        if msg is None:
+            try:
+                pid = uuid.UUID(raw)
+            except ValueError:
+                msg = "must be a UUID"
+        if msg:
+            problems.append(Problem(f"{prefix}prediction_id", msg))
+    else:
+        entity_problems, pair = validate_entity(obj["entity"], prefix, max_string_length)
+        problems.extend(entity_problems)
+        if pair is not None:
+            etype, eid = pair
+    observed_at: datetime | None = None
+    if obj.get("observed_at") is not None:
+        raw = obj["observed_at"]
+        msg = string_problem(raw, 64)
+        if msg is None:
+            try:
+                observed_at = datetime.fromisoformat(raw)
+            except ValueError:
+                msg = "must be an ISO 8601 timestamp with a timezone"
+        if msg is None and observed_at is not None:
+            if observed_at.tzinfo is None:
+                msg = "must carry a timezone (e.g. 2026-11-20T10:00:00Z)"
+            elif observed_at - now > MAX_CLOCK_SKEW:
+                msg = "must not lie in the future"
+        if msg:
+            problems.append(Problem(f"{prefix}observed_at", msg))
+            observed_at = None
+    if problems:
+        return None, problems
+    assert isinstance(label, int | float)
+    return (
+        OutcomeRecord(
+            label=int(label),
+            ts=now,
+            prediction_id=pid,
+            entity_type=None if pid else etype,
+            entity_id=None if pid else eid,
+            observed_at=observed_at.astimezone(UTC) if observed_at else None,
+        ),
+        [],
+    )
+
+
+def _state(request: Request) -> tuple[AuditSink, Sequence[int], int, int, int]:
+    state = request.app.state
+    sink: AuditSink | None = getattr(state, "audit_sink", None)
+    if sink is None:
+        raise ApiError(503, "not_ready", "audit writer not started")
+    model = getattr(state, "model", None)
+    classes: Sequence[int] = tuple(model.metadata.classes) if model is not None else (0, 1)
+    settings = state.settings
+    return (
+        sink,
+        classes,
+        settings.max_string_length,
+        settings.max_batch_size,
+        settings.max_body_bytes,
+    )
+
+
+_OUTCOME_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["label"],
+    "properties": {
+        "prediction_id": {"type": "string", "format": "uuid"},
+        "entity": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["type", "id"],
+            "properties": {"type": {"type": "string"}, "id": {"type": "string"}},
+        },
+        "label": {"type": "integer", "description": "One of the model's classes"},
+        "observed_at": {"type": "string", "format": "date-time"},
+    },
+    "description": "Exactly one of prediction_id or entity.",
+}
+_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        _OUTCOME_SCHEMA,
+                        {
+                            "type": "object",
+                            "required": ["outcomes"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "outcomes": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": _OUTCOME_SCHEMA,
+                                }
+                            },
+                        },
+                    ]
+                },
+                "example": {"prediction_id": "01a20509-e480-72c0-810a-9c0bb09566e3", "label": 1},
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/feedback",
+    status_code=202,
+    responses=_ERRORS,
+    openapi_extra=_BODY,
+    summary="Report the true label of predictions (one outcome, or {'outcomes': [...]})",
+)
+async def feedback(request: Request) -> Response:
+    sink, classes, max_len, max_batch, max_body = _state(request)
+    body = await read_json(request, max_body * 4)
+    now = datetime.now(UTC)
+    batch = isinstance(body, dict) and "outcomes" in body
+    if batch:
+        items = body["outcomes"]
+        problems = [Problem(str(k)[:64], "unknown field") for k in body if k != "outcomes"]
+        if not isinstance(items, list) or not items:
+            raise ApiError(
+                422, "validation", "invalid feedback batch",
+                [Problem("outcomes", "must be a non-empty list of outcomes")],
+            )  # fmt: skip
+        if len(items) > max_batch:
+            raise ApiError(
+                422, "batch_too_large", "batch too large",
+                [Problem("outcomes", f"must have at most {max_batch} items, got {len(items)}")],
+            )  # fmt: skip
+    else:
+        items, problems = [body], []
+    records: list[OutcomeRecord] = []
+    for i, item in enumerate(items):
+        rec, errs = validate_outcome(
+            item, classes=classes, max_string_length=max_len, now=now,
+            prefix=f"outcomes[{i}]." if batch else "",
+        )  # fmt: skip
+        problems.extend(errs)
+        if rec is not None:
+            records.append(rec)
+    if problems:
+        raise ApiError(422, "validation", "invalid feedback", problems)
+    for rec in records:
+        sink.submit(rec)
+    return Response(
+        orjson.dumps({"accepted": len(records), "received_at": now.isoformat()}),
+        status_code=202,
+        media_type="application/json",
+    )

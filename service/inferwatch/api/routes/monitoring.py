@@ -1,0 +1,149 @@
+"""GET /v1/monitoring/{latency,predictions,distribution}: read-only views of the audit table.
+
+They expose feature payloads, so each requires the analyst API key in ``X-API-Key``
+(compared in constant time). No key configured, a missing key or a wrong one: 401,
+the same answer for all three so that a caller learns nothing about the setup.
+Queries run as the analyst role (``INFERWATCH_ANALYST_DATABASE_URL``) through
+:class:`inferwatch.analysis.monitoring.MonitoringStore`; without that DSN: 503.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Final
+
+import psycopg
+from fastapi import APIRouter, Depends, Query, Request
+from psycopg_pool import PoolTimeout
+
+from inferwatch.analysis.monitoring import MAX_WINDOW, Cursor, MonitoringStore, analyst_dsn
+from inferwatch.api.errors import ApiError
+from inferwatch.api.validation import Problem
+
+router = APIRouter(prefix="/v1/monitoring", tags=["monitoring"])
+
+RECENT_LOOKBACK: Final = timedelta(days=7)
+_store_lock = threading.Lock()
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or wrong X-API-Key"},
+    422: {"description": "Invalid query parameters"},
+    503: {"description": "Analyst database not configured or unreachable"},
+}
+
+
+def require_analyst_key(request: Request) -> None:
+    settings = request.app.state.settings
+    expected = getattr(settings, "analyst_api_key", None)
+    given = request.headers.get("x-api-key")
+    ok = (
+        expected is not None
+        and given is not None
+        and hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
+    )
+    if not ok:
+        raise ApiError(401, "unauthorized", "a valid X-API-Key header is required")
+
+
+def monitoring_store(request: Request) -> MonitoringStore:
+    state = request.app.state
+    store: MonitoringStore | None = getattr(state, "monitoring_store", None)
+    if store is None:
+        with _store_lock:
+            store = getattr(state, "monitoring_store", None)
+            if store is None:
+                dsn = analyst_dsn(state.settings)
+                if dsn is None:
+                    raise ApiError(503, "not_configured",
+                                   "INFERWATCH_ANALYST_DATABASE_URL is not set")  # fmt: skip
+                store = MonitoringStore(dsn)
+                state.monitoring_store = store
+    return store
+
+
+Store = Annotated[MonitoringStore, Depends(monitoring_store)]
+Authorized = Depends(require_analyst_key)
+
+
+def _window(
+    since: datetime | None, until: datetime | None, default: timedelta
+) -> tuple[datetime, datetime]:
+    now = datetime.now(UTC)
+    until = until or now
+    since = since or until - default
+    problems = []
+    for name, value in (("since", since), ("until", until)):
+        if value.tzinfo is None:
+            problems.append(Problem(name, "must carry a timezone"))
+    if not problems and since >= until:
+        problems.append(Problem("since", "must be before until"))
+    if not problems and until - since > MAX_WINDOW:
+        problems.append(Problem("since", f"window must be at most {MAX_WINDOW.days} days"))
+    if problems:
+        raise ApiError(422, "validation", "invalid window", problems)
+    return since, until
+
+
+def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise ApiError(503, "database_unavailable", f"analyst database unavailable: "
+                       f"{type(exc).__name__}") from None  # fmt: skip
+
+
+@router.get("/latency", dependencies=[Authorized], responses=_ERRORS,
+            summary="Exact inference latency P50/P95/P99 over a window")  # fmt: skip
+def latency(
+    store: Store,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    model_version: Annotated[str | None, Query(max_length=128)] = None,
+) -> dict[str, Any]:
+    lo, hi = _window(since, until, timedelta(hours=1))
+    out: dict[str, Any] = _run(store.latency, lo, hi, model_version)
+    return {"since": lo.isoformat(), "until": hi.isoformat(), "model_version": model_version, **out}
+
+
+@router.get("/predictions", dependencies=[Authorized], responses=_ERRORS,
+            summary="Recent predictions, newest first, keyset-paginated (last 7 days)")  # fmt: skip
+def predictions(
+    store: Store,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=128)] = None,
+    model_version: Annotated[str | None, Query(max_length=128)] = None,
+    entity_type: Annotated[str | None, Query(max_length=64)] = None,
+    entity_id: Annotated[str | None, Query(max_length=256)] = None,
+) -> dict[str, Any]:
+    pos = None
+    if cursor is not None:
+        try:
+            pos = Cursor.decode(cursor)
+        except ValueError:
+            problem = Problem("cursor", "must be a next_cursor from a previous page")
+            raise ApiError(422, "validation", "invalid cursor", [problem]) from None
+    for name, value in (("entity_type", entity_type), ("entity_id", entity_id),
+                        ("model_version", model_version)):  # fmt: skip
+        if value is not None and "\x00" in value:
+            raise ApiError(422, "validation", "invalid filter",
+                           [Problem(name, "must not contain NUL characters")])  # fmt: skip
+    rows, nxt = _run(
+        store.recent, limit=limit, cursor=pos, model_version=model_version,
+        entity_type=entity_type, entity_id=entity_id, lookback=RECENT_LOOKBACK,
+        now=datetime.now(UTC),
+    )  # fmt: skip
+    return {"predictions": rows, "next_cursor": nxt.encode() if nxt else None}
+
+
+@router.get("/distribution", dependencies=[Authorized], responses=_ERRORS,
+            summary="Class mix and probability histogram over the last hour")  # fmt: skip
+def distribution(
+    store: Store,
+    model_version: Annotated[str | None, Query(max_length=128)] = None,
+    bins: Annotated[int, Query(ge=2, le=100)] = 10,
+) -> dict[str, Any]:
+    lo, hi = _window(None, None, timedelta(hours=1))
+    out: dict[str, Any] = _run(store.distribution, lo, hi, model_version, bins)
+    return {"since": lo.isoformat(), "until": hi.isoformat(), "model_version": model_version, **out}

@@ -1,0 +1,259 @@
+"""POST /v1/predict and /v1/predict/batch: validate, predict, record, respond.
+
+The prediction is recorded on the HTTP server span (one span per request): model,
+version, prediction id, class, probability and the caller's entity. The inference
+histogram is recorded inside that span, so its exemplars carry the trace id. The
+audit record is handed to the sink, which never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from time import perf_counter
+from typing import Any
+from uuid import UUID
+
+import orjson
+from fastapi import APIRouter, Request
+from opentelemetry import trace
+from starlette.responses import Response
+from uuid_utils.compat import uuid7
+
+from inferwatch.api.body import read_json
+from inferwatch.api.errors import ApiError
+from inferwatch.api.runtime import Runtime
+from inferwatch.api.validation import Problem, ValidInstance, feature_json_schema
+from inferwatch.audit.records import PredictionRecord
+from inferwatch.telemetry import instruments as names
+
+router = APIRouter(prefix="/v1", tags=["predict"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed JSON"},
+    413: {"description": "Body too large"},
+    415: {"description": "Not JSON"},
+    422: {"description": "Invalid fields; `detail` names every bad field and why"},
+}
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None or not runtime.ready:
+        raise ApiError(503, "not_ready", "model not loaded")
+    return runtime
+
+
+def _ids() -> tuple[str, str]:
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return "", ""
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+def _set_span_attributes(runtime: Runtime, span: trace.Span, attrs: dict[str, Any]) -> None:
+    finisher = runtime.span_finisher
+    if finisher is not None:  # our middleware ends the span at the drain, after these
+        finisher.set_span_attributes(span, attrs)
+    else:  # FastAPI's or contrib's instrumentation ends it right after the response
+        span.set_attributes(attrs)
+
+
+def _record(
+    runtime: Runtime,
+    pid: UUID,
+    inst: ValidInstance,
+    label: int,
+    proba: float,
+    latency: float,
+    trace_id: str,
+    span_id: str,
+    now: datetime,
+) -> None:
+    meta = runtime.predictor.metadata
+    runtime.audit.submit(
+        PredictionRecord(
+            prediction_id=pid,
+            ts=now,
+            model_name=meta.name,
+            model_version=meta.version,
+            features=inst.features,
+            prediction=label,
+            probability=proba,
+            latency_s=latency,
+            trace_id=trace_id,
+            span_id=span_id,
+            entity_type=inst.entity_type,
+            entity_id=inst.entity_id,
+            request_id=inst.request_id,
+        )
+    )
+
+
+@router.post("/predict", responses=_ERRORS, summary="Score one transaction")
+async def predict(request: Request) -> Response:
+    runtime = _runtime(request)
+    body = await read_json(request, runtime.settings.max_body_bytes)
+    inst, problems = runtime.validator.validate(body)
+    if inst is None:
+        raise ApiError(422, "validation", "invalid prediction request", problems)
+    started = perf_counter()
+    result = runtime.predictor.predict((inst.features,))[0]
+    if runtime.settings.inject_latency_s:
+        await asyncio.sleep(runtime.settings.inject_latency_s)
+    latency = perf_counter() - started
+    ins = runtime.instruments
+    ins.inference_duration.record(latency, runtime.model_attrs)  # inside the server span
+    ins.predictions.add(1, runtime.class_attrs[result.label])
+    uid = uuid7()
+    pid = str(uid)
+    trace_id, span_id = _ids()
+    meta = runtime.predictor.metadata
+    span = trace.get_current_span()
+    if span.is_recording():
+        attrs: dict[str, Any] = {
+            names.ATTR_MODEL_NAME: meta.name,
+            names.ATTR_MODEL_VERSION: meta.version,
+            names.ATTR_PREDICTION_ID: pid,
+            names.ATTR_PREDICTION_CLASS: result.label,
+            names.ATTR_PROBABILITY: result.probability,
+        }
+        if inst.entity_type is not None:
+            attrs[names.ATTR_ENTITY_TYPE] = inst.entity_type
+            attrs[names.ATTR_ENTITY_ID] = inst.entity_id
+        _set_span_attributes(runtime, span, attrs)
+    _record(
+        runtime,
+        uid,
+        inst,
+        result.label,
+        result.probability,
+        latency,
+        trace_id,
+        span_id,
+        datetime.now(UTC),
+    )
+    return Response(
+        orjson.dumps(
+            {
+                "prediction_id": pid,
+                "prediction": result.label,
+                "probability": result.probability,
+                "model_name": meta.name,
+                "model_version": meta.version,
+                "trace_id": trace_id,
+            }
+        ),
+        media_type="application/json",
+    )
+
+
+@router.post("/predict/batch", responses=_ERRORS, summary="Score a bounded list of transactions")
+async def predict_batch(request: Request) -> Response:
+    runtime = _runtime(request)
+    body = await read_json(request, runtime.settings.max_body_bytes * 16)
+    limit = runtime.settings.max_batch_size
+    if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
+        raise ApiError(
+            422,
+            "validation",
+            "invalid batch request",
+            [Problem("instances", "required: a list of prediction requests")],
+        )
+    extra = [k for k in body if k != "instances"]
+    items = body["instances"]
+    problems = [Problem(str(k)[:64], "unknown field") for k in extra]
+    if not items:
+        problems.append(Problem("instances", "must not be empty"))
+    if len(items) > limit:
+        raise ApiError(
+            422,
+            "batch_too_large",
+            "batch too large",
+            [Problem("instances", f"must have at most {limit} items, got {len(items)}")],
+        )
+    valid: list[ValidInstance] = []
+    for i, item in enumerate(items):
+        inst, errs = runtime.validator.validate(item, prefix=f"instances[{i}].")
+        problems.extend(errs)
+        if inst is not None:
+            valid.append(inst)
+    if problems:
+        raise ApiError(422, "validation", "invalid batch request", problems)
+    started = perf_counter()
+    results = runtime.predictor.predict([v.features for v in valid])
+    if runtime.settings.inject_latency_s:
+        await asyncio.sleep(runtime.settings.inject_latency_s)
+    latency = perf_counter() - started
+    ins = runtime.instruments
+    ins.batch_inference_duration.record(latency, runtime.model_attrs)
+    counts: dict[int, int] = {}
+    for r in results:
+        counts[r.label] = counts.get(r.label, 0) + 1
+    for label, n in counts.items():
+        ins.predictions.add(n, runtime.class_attrs[label])
+    trace_id, span_id = _ids()
+    meta = runtime.predictor.metadata
+    now = datetime.now(UTC)
+    out = []
+    pids = []
+    for inst, r in zip(valid, results, strict=True):
+        uid = uuid7()
+        pid = str(uid)
+        pids.append(pid)
+        _record(runtime, uid, inst, r.label, r.probability, latency, trace_id, span_id, now)
+        out.append({"prediction_id": pid, "prediction": r.label, "probability": r.probability})
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(
+            {
+                names.ATTR_MODEL_NAME: meta.name,
+                names.ATTR_MODEL_VERSION: meta.version,
+                names.ATTR_BATCH_SIZE: len(valid),
+                names.ATTR_PREDICTION_IDS: pids,
+            }
+        )
+    return Response(
+        orjson.dumps(
+            {
+                "predictions": out,
+                "model_name": meta.name,
+                "model_version": meta.version,
+                "trace_id": trace_id,
+            }
+        ),
+        media_type="application/json",
+    )
+
+
+def openapi_request_bodies(runtime_schema: dict[str, Any], batch_max: int) -> dict[str, Any]:
+    """OpenAPI request bodies generated from the model's feature schema."""
+    return {
+        "/v1/predict": {
+            "content": {"application/json": {"schema": runtime_schema}},
+            "required": True,
+        },
+        "/v1/predict/batch": {
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["instances"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "instances": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": batch_max,
+                                "items": runtime_schema,
+                            }
+                        },
+                    }
+                }
+            },
+            "required": True,
+        },
+    }
+
+
+__all__ = ["feature_json_schema", "openapi_request_bodies", "router"]

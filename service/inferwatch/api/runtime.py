@@ -1,0 +1,56 @@
+"""Everything a request needs, built once per process in the lifespan.
+
+Routes read it from ``request.app.state.runtime``: the predictor, the validator,
+the instruments with their attribute sets precomputed (no per-request allocation of
+instruments or attribute dicts), the audit sink, and the readiness flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.util.types import Attributes
+
+from inferwatch.api.validation import InstanceValidator
+from inferwatch.audit.sink import AuditSink
+from inferwatch.inference.predictor import Predictor
+from inferwatch.settings import Settings
+from inferwatch.telemetry import instruments as names
+from inferwatch.telemetry.deferred import DeferredTelemetry
+from inferwatch.telemetry.instruments import ServiceInstruments
+from inferwatch.telemetry.setup import Telemetry
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    predictor: Predictor
+    validator: InstanceValidator
+    telemetry: Telemetry
+    instruments: ServiceInstruments
+    audit: AuditSink
+    # set when our HTTP instrumentation finishes the server span at the next drain: the
+    # route's span attributes then go through the same queue, before the span's end
+    span_finisher: DeferredTelemetry | None = None
+    ready: bool = True
+    model_attrs: Attributes = field(init=False)
+    class_attrs: dict[int, Attributes] = field(init=False)
+    _reject_attrs: dict[str, Attributes] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        meta = self.predictor.metadata
+        base: dict[str, Any] = {
+            names.ATTR_MODEL_NAME: meta.name,
+            names.ATTR_MODEL_VERSION: meta.version,
+        }
+        self.model_attrs = {**base, names.ATTR_OUTCOME: "ok"}
+        self.class_attrs = {
+            c: {**base, names.ATTR_PREDICTION_CLASS: str(c)} for c in self.predictor.classes
+        }
+
+    def count_rejected(self, reason: str) -> None:
+        attrs = self._reject_attrs.get(reason)
+        if attrs is None:
+            attrs = self._reject_attrs[reason] = {names.ATTR_REJECT_REASON: reason}
+        self.instruments.rejected.add(1, attrs)

@@ -1,0 +1,274 @@
+"""The durable disk spool: append-only segment files of encoded audit tuples.
+
+Where records go when Postgres is down or slow, when the in-memory queue is full,
+or when no database is configured; replayed in order once Postgres answers.
+
+Layout: ``<spool_dir>/slot-N/`` (one slot per live process, held by an exclusive
+``flock`` on ``slot-N/lock``, so several workers never share segments; a restarted
+process takes the first free slot and replays what it holds) containing
+``seg-<16-digit sequence>.log`` segments and ``deadletter.log``.
+
+A segment is a sequence of frames, each one ``write(2)`` call::
+
+    magic b"IWS1" | kind u8 | nrows u32 | payload_len u32 | spooled_at f64 | crc32 u32 | payload
+
+big-endian; ``payload`` is ``nrows`` binary COPY tuples (``inferwatch.audit.encoding``)
+and the CRC covers the header fields before it and the payload. A frame torn by a
+crash fails its length or CRC check; the reader skips to the next valid magic.
+
+fsync policy (see docs/audit.md): a frame is in the kernel's page cache when
+``append`` returns, so it survives the process being killed (SIGKILL, OOM); the
+writer thread fsyncs the active segment at most every flush interval, and every
+segment before it is sealed, so a machine crash loses at most one flush interval
+of spooled records. A segment is deleted only after all its frames are committed
+in Postgres; replays are idempotent, so a crash in between only replays it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+log = logging.getLogger(__name__)
+
+MAGIC: Final = b"IWS1"
+_HEAD = struct.Struct(">4sBIId")  # magic, kind, nrows, payload_len, spooled_at
+_CRC = struct.Struct(">I")
+HEADER_SIZE: Final = _HEAD.size + _CRC.size
+MAX_SLOTS: Final = 256
+DEFAULT_SEGMENT_BYTES: Final = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    kind: int
+    nrows: int
+    spooled_at: float
+    payload: bytes
+
+
+def encode_frame(kind: int, tuples: list[bytes], spooled_at: float) -> bytes:
+    payload = b"".join(tuples)
+    head = _HEAD.pack(MAGIC, kind, len(tuples), len(payload), spooled_at)
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    return head + _CRC.pack(crc) + payload
+
+
+def iter_frames(data: bytes) -> Iterator[Frame]:
+    """Valid frames of a segment, in order; corrupt or torn stretches are skipped."""
+    pos, end = 0, len(data)
+    while pos + HEADER_SIZE <= end:
+        magic, kind, nrows, plen, at = _HEAD.unpack_from(data, pos)
+        (crc,) = _CRC.unpack_from(data, pos + _HEAD.size)
+        start = pos + HEADER_SIZE
+        if (
+            magic == MAGIC
+            and start + plen <= end
+            and zlib.crc32(data[start : start + plen], zlib.crc32(data[pos : pos + _HEAD.size]))
+            == crc
+        ):
+            yield Frame(kind, nrows, at, data[start : start + plen])
+            pos = start + plen
+            continue
+        nxt = data.find(MAGIC, pos + 1)
+        log.warning("audit spool: skipping %d corrupt bytes", (nxt if nxt >= 0 else end) - pos)
+        if nxt < 0:
+            return
+        pos = nxt
+
+
+@dataclass(slots=True)
+class _SegInfo:
+    records: int
+    oldest: float | None
+
+
+class Spool:
+    """Thread-safe appends (request threads overflow into it); one replaying thread."""
+
+    def __init__(
+        self,
+        directory: Path,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.root = Path(directory)
+        self.segment_bytes = segment_bytes
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self.slot: Path | None = None
+        self._lock_fd: int | None = None
+        self._fd: int | None = None  # the active segment
+        self._active: Path | None = None
+        self._active_size = 0
+        self._dirty = False
+        self._seq = 0
+        self._segments: dict[Path, _SegInfo] = {}
+
+    # --- lifecycle ------------------------------------------------------------------
+    def open(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for n in range(MAX_SLOTS):
+            slot = self.root / f"slot-{n}"
+            slot.mkdir(exist_ok=True)
+            fd = os.open(slot / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self.slot, self._lock_fd = slot, fd
+            break
+        else:
+            raise OSError(f"all {MAX_SLOTS} spool slots under {self.root} are locked")
+        for path in sorted(self.slot.glob("seg-*.log")):
+            self._seq = max(self._seq, int(path.stem[4:]))
+            records, oldest = 0, None
+            for fr in iter_frames(path.read_bytes()):
+                records += fr.nrows
+                oldest = fr.spooled_at if oldest is None else min(oldest, fr.spooled_at)
+            if records:
+                self._segments[path] = _SegInfo(records, oldest)
+            else:
+                path.unlink()
+        if self._segments:
+            log.info(
+                "audit spool %s: %d records left by a previous process",
+                self.slot, self.pending_records,
+            )  # fmt: skip
+
+    def close(self) -> None:
+        with self._sync_lock, self._lock:
+            self._close_active()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    # --- writing --------------------------------------------------------------------
+    def append(self, kind: int, tuples: list[bytes]) -> None:
+        """Append one frame. Raises OSError when the spool cannot be written."""
+        now = self._clock()
+        frame = encode_frame(kind, tuples, now)
+        with self._lock:
+            if self.slot is None:
+                raise OSError("audit spool is not open")
+            if self._fd is None:
+                self._open_active()
+            assert self._fd is not None
+            assert self._active is not None
+            before = self._active_size
+            try:
+                view = memoryview(frame)
+                while view:
+                    n = os.write(self._fd, view)
+                    view = view[n:]
+            except OSError:
+                # never leave a torn frame in front of later ones
+                try:
+                    os.ftruncate(self._fd, before)
+                except OSError:
+                    self._close_active()
+                raise
+            self._active_size = before + len(frame)
+            self._dirty = True
+            info = self._segments.setdefault(self._active, _SegInfo(0, None))
+            info.records += len(tuples)
+            if info.oldest is None:
+                info.oldest = now
+
+    def dead_letter(self, kind: int, tuples: list[bytes]) -> None:
+        """Keep tuples Postgres refused, for forensics (they are counted as dropped)."""
+        assert self.slot is not None
+        frame = encode_frame(kind, tuples, self._clock())
+        with self._lock, open(self.slot / "deadletter.log", "ab") as f:
+            f.write(frame)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def sync(self) -> None:
+        """fsync the active segment if anything was appended since the last sync."""
+        with self._sync_lock:
+            with self._lock:
+                fd, dirty, self._dirty = self._fd, self._dirty, False
+            if fd is not None and dirty:
+                os.fsync(fd)
+
+    def seal(self) -> None:
+        """Close the active segment so it can be replayed; the next append starts anew."""
+        with self._sync_lock, self._lock:
+            self._close_active()
+
+    # --- replaying ------------------------------------------------------------------
+    def sealed_segments(self) -> list[Path]:
+        with self._lock:
+            return sorted(p for p in self._segments if p != self._active)
+
+    def active_has_records(self) -> bool:
+        with self._lock:
+            return self._active is not None and self._active in self._segments
+
+    def read(self, path: Path) -> list[Frame]:
+        return list(iter_frames(path.read_bytes()))
+
+    def remove(self, path: Path) -> None:
+        """Forget a segment whose frames are all committed in Postgres."""
+        path.unlink(missing_ok=True)
+        self._fsync_dir()
+        with self._lock:
+            self._segments.pop(path, None)
+
+    # --- gauges ---------------------------------------------------------------------
+    @property
+    def pending_records(self) -> int:
+        with self._lock:
+            return sum(i.records for i in self._segments.values())
+
+    def oldest_age_s(self) -> float:
+        with self._lock:
+            oldest = [i.oldest for i in self._segments.values() if i.oldest is not None]
+        return max(0.0, self._clock() - min(oldest)) if oldest else 0.0
+
+    # --- internals (called with self._lock held) ------------------------------------
+    def _open_active(self) -> None:
+        assert self.slot is not None
+        self._seq += 1
+        self._active = self.slot / f"seg-{self._seq:016d}.log"
+        self._fd = os.open(self._active, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._active_size = 0
+        self._fsync_dir()
+
+    def _close_active(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.fsync(self._fd)
+            os.close(self._fd)
+        self._fd, self._active, self._active_size, self._dirty = None, None, 0, False
+
+    def should_roll(self) -> bool:
+        with self._lock:
+            return self._active_size >= self.segment_bytes
+
+    def _fsync_dir(self) -> None:
+        if self.slot is None:
+            return
+        try:
+            fd = os.open(self.slot, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)

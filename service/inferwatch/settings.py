@@ -1,0 +1,109 @@
+"""One typed settings object for the service, read from ``INFERWATCH_*`` env vars.
+
+Built in the app factory (``create_app``) or the CLI, never at import time.
+``OTEL_*`` variables (exporter endpoint, protocol, export interval, ...) are left to
+the OpenTelemetry SDK, which reads them itself; see docs/configuration.md.
+
+Secrets have no default that works in production: the database DSN and the analyst
+API key are unset by default, and ``environment=production`` refuses the
+development placeholders.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_PLACEHOLDER_SECRETS = frozenset({"changeme", "dev", "inferwatch", "password", "secret"})
+
+
+class HttpInstrumentation(StrEnum):
+    """Which HTTP server instrumentation runs (exactly one; see docs/decisions.md)."""
+
+    INFERWATCH = "inferwatch"
+    FASTAPI_NATIVE = "fastapi-native"
+    OTEL_CONTRIB = "otel-contrib"
+    NONE = "none"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INFERWATCH_", extra="ignore")
+
+    # --- serving -----------------------------------------------------------------
+    environment: Literal["development", "test", "staging", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    model_dir: Path = Path("models")
+    model_name: str = "card-fraud"
+    model_version: str | None = None  # None: the newest version in model_dir
+    train_if_missing: bool = True  # embedded default: train the bundled model if none exists
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    max_batch_size: int = Field(256, ge=1, le=10_000)
+    max_string_length: int = Field(128, ge=1, le=4096)
+    # BLAS/OpenMP threads for inference, per process. 1 by default: a request is one
+    # row, and extra threads only fight the server (and other workers) for the cores.
+    inference_threads: int = Field(1, ge=1, le=64)
+
+    # --- telemetry ---------------------------------------------------------------
+    telemetry_enabled: bool = True
+    otlp_enabled: bool = True  # export over OTLP (endpoint etc. from OTEL_* vars)
+    http_instrumentation: HttpInstrumentation = HttpInstrumentation.INFERWATCH
+    # GET /metrics (Prometheus pull) from the same meter provider. "auto": only while
+    # OTLP export is off, the no-collector path; with a collector the series arrive by
+    # OTLP, nothing scrapes /metrics (prometheus/prometheus.yml), and a second reader
+    # would double the cost of every measurement (docs/decisions.md).
+    metrics_endpoint: Literal["auto", "on", "off"] = "auto"
+    histogram_aggregation: Literal["exponential", "explicit"] = "exponential"
+    exponential_max_scale: int = Field(20, ge=-10, le=20)
+    exponential_max_size: int = Field(160, ge=2)
+    telemetry_shutdown_timeout_s: float = Field(3.0, ge=0)
+    # Request-path telemetry (measurements, span attributes and ends) is queued and run
+    # by a background thread this often (service/inferwatch/telemetry/deferred.py); exemplar ids and
+    # span times stay exact, every metric collection drains first. 0: all inline.
+    telemetry_batch_ms: int = Field(100, ge=0, le=5000)
+    # test-only latency injection; refused unless environment is development or test
+    inject_latency_s: float = Field(0.0, ge=0, le=5)
+
+    # --- audit -------------------------------------------------------------------
+    database_url: SecretStr | None = None  # None: audit records go to the disk spool only
+    audit_spool_dir: Path = Path("var/spool")
+    audit_queue_size: int = Field(50_000, ge=1)
+    audit_batch_size: int = Field(2_000, ge=1)
+    audit_flush_interval_s: float = Field(0.5, gt=0)
+    audit_shutdown_timeout_s: float = Field(10.0, ge=0)
+    # per-feature privacy policy: feature -> keep | drop | hash
+    audit_privacy: dict[str, Literal["keep", "drop", "hash"]] = Field(default_factory=dict)
+    audit_hmac_key: SecretStr | None = None  # required when any feature is "hash"
+
+    # --- analysts ----------------------------------------------------------------
+    analyst_api_key: SecretStr | None = None  # None: monitoring endpoints answer 401
+    analyst_database_url: SecretStr | None = None  # analyst-role DSN (monitoring, drift)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.inject_latency_s and self.environment not in ("development", "test"):
+            raise ValueError(
+                "inject_latency_s is a test-only switch; refused in " + self.environment
+            )
+        if any(p == "hash" for p in self.audit_privacy.values()) and self.audit_hmac_key is None:
+            raise ValueError("audit_privacy uses 'hash' but INFERWATCH_AUDIT_HMAC_KEY is unset")
+        if self.environment == "production":
+            for name in ("analyst_api_key", "audit_hmac_key"):
+                value = getattr(self, name)
+                if value is not None and (
+                    value.get_secret_value().lower() in DEV_PLACEHOLDER_SECRETS
+                    or len(value.get_secret_value()) < 16
+                ):
+                    raise ValueError(f"{name} is a placeholder or too short for production")
+            for dsn_name in ("database_url", "analyst_database_url"):
+                dsn_value: SecretStr | None = getattr(self, dsn_name)
+                if dsn_value is None:
+                    continue
+                dsn = dsn_value.get_secret_value()
+                if any(f":{p}@" in dsn for p in DEV_PLACEHOLDER_SECRETS):
+                    raise ValueError(f"{dsn_name} uses a development password in production")
+        return self
