@@ -7,6 +7,7 @@ anything else so named in site-packages: the wheel is built here and its content
 from __future__ import annotations
 
 import configparser
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,9 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_wheel_has_exactly_one_top_level_package(tmp_path: Path) -> None:
+    # from a copy of what the build reads: setuptools writes build/ and *.egg-info beside it
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "service", src / "service", ignore=shutil.ignore_patterns("*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
     subprocess.run(
-        [*pip_wheel, "-w", str(tmp_path), str(ROOT)],
+        [*pip_wheel, "-w", str(tmp_path), str(src)],
         check=True,
         capture_output=True,
         timeout=300,
