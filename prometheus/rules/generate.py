@@ -29,6 +29,9 @@ from typing import Any
 
 import yaml
 
+from inferwatch.telemetry import instruments as names
+from inferwatch.telemetry.instruments import prometheus_name as prom
+
 HERE = Path(__file__).resolve().parent
 SLO_FILE = HERE.parent / "slo.yml"
 OUT_FILE = HERE / "inferwatch.yml"
@@ -70,17 +73,15 @@ def windows(slo: dict[str, Any]) -> list[str]:
 
 def recording_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
     job = f'job="{slo["service_job"]}"'
-    lat = slo["latency"]
-    m = lat["metric"]
+    m = prom(names.INFERENCE_DURATION)
     mv = "model_name, model_version"
     rules: list[dict[str, Any]] = [
         {
             "record": "inferwatch:predictions:rate5m",
-            "expr": f"sum by ({mv}) (rate(inferwatch_predictions_total{{{job}}}[5m]))",
+            "expr": f"sum by ({mv}) (rate({prom(names.PREDICTIONS)}{{{job}}}[5m]))",
         }
     ]
-    err = slo["errors"]
-    e = err["metric"]
+    e = prom(names.HTTP_SERVER_DURATION)
     rules.append(
         {
             "record": "inferwatch:http_requests:rate5m",
@@ -107,8 +108,8 @@ def recording_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
 def slo_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
     job = f'job="{slo["service_job"]}"'
     lat, err = slo["latency"], slo["errors"]
-    m, t = lat["metric"], _num(lat["threshold_seconds"])
-    e, route, bad = err["metric"], err["route_matcher"], err["error_matcher"]
+    m, t = prom(names.INFERENCE_DURATION), _num(lat["threshold_seconds"])
+    e, route, bad = prom(names.HTTP_SERVER_DURATION), err["route_matcher"], err["error_matcher"]
     lat_budget, err_budget = _num(1 - lat["objective"]), _num(1 - err["objective"])
     rules: list[dict[str, Any]] = []
     for w in windows(slo):
@@ -289,7 +290,7 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
         _alert(
             slo,
             "InferwatchTelemetryDropped",
-            "sum by (job, instance) (increase(inferwatch_telemetry_deferred_total"
+            f"sum by (job, instance) (increase({prom(names.TELEMETRY_DEFERRED)}"
             f'{{outcome="dropped"}}[{tel["dropped_window"]}])) > 0',
             "ticket",
             "The service dropped its own telemetry",
@@ -303,7 +304,7 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
             slo,
             "InferwatchAuditRecordsDropped",
             "sum by (job, instance) "
-            f"(increase(inferwatch_audit_dropped_total[{aud['dropped_window']}])) > 0",
+            f"(increase({prom(names.AUDIT_DROPPED)}[{aud['dropped_window']}])) > 0",
             "page",
             "Audit records were lost",
             "Audit records were dropped by {{ $labels.instance }} in the last "
@@ -314,7 +315,7 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
         _alert(
             slo,
             "InferwatchAuditSpoolGrowing",
-            f"delta(inferwatch_audit_spool_size[{aud['spool_growing_window']}]) > 0",
+            f"delta({prom(names.AUDIT_SPOOL_SIZE)}[{aud['spool_growing_window']}]) > 0",
             "ticket",
             "The audit spool keeps growing",
             "The disk spool of {{ $labels.instance }} has grown over every "
@@ -328,7 +329,7 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
         _alert(
             slo,
             "InferwatchAuditSpoolStale",
-            f"max by (job, instance) (inferwatch_audit_spool_oldest_age_seconds) > {age}",
+            f"max by (job, instance) ({prom(names.AUDIT_SPOOL_OLDEST_AGE)}) > {age}",
             "ticket",
             "Audit records wait in the spool too long",
             "The oldest spooled audit record of {{ $labels.instance }} is older than "
@@ -340,11 +341,11 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
         _alert(
             slo,
             "InferwatchAuditWriterStalled",
-            f"min by (job, instance) (min_over_time(inferwatch_audit_queue_depth[{sw}])) > 0\n"
+            f"min by (job, instance) (min_over_time({prom(names.AUDIT_QUEUE_DEPTH)}[{sw}])) > 0\n"
             f"unless on (job, instance)\n"
-            f"sum by (job, instance) (increase(inferwatch_audit_written_total[{sw}])) > 0\n"
+            f"sum by (job, instance) (increase({prom(names.AUDIT_WRITTEN)}[{sw}])) > 0\n"
             f"unless on (job, instance)\n"
-            f"sum by (job, instance) (increase(inferwatch_audit_spooled_total[{sw}])) > 0",
+            f"sum by (job, instance) (increase({prom(names.AUDIT_SPOOLED)}[{sw}])) > 0",
             "ticket",
             "The audit writer makes no progress",
             "The audit queue of {{ $labels.instance }} has been non-empty for "
@@ -371,7 +372,7 @@ def analysis_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
         _alert(
             slo,
             "InferwatchFeatureDriftSustained",
-            f"max by ({mv}, feature) (inferwatch_drift_detected) == 1",
+            f"max by ({mv}, feature) ({prom(names.DRIFT_DETECTED)}) == 1",
             "ticket",
             f"Feature {{{{ $labels.feature }}}} of {model} drifted for {drift_for}",
             "The analysis job has found drift in feature {{ $labels.feature }} (PSI or "
@@ -384,8 +385,8 @@ def analysis_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     missed = ": fraud is being missed"
     for name, metric, floor, consequence in (
-        ("Precision", "inferwatch_quality_precision_ratio", an["precision_floor"], ""),
-        ("Recall", "inferwatch_quality_recall_ratio", an["recall_floor"], missed),
+        ("Precision", prom(names.QUALITY_PRECISION), an["precision_floor"], ""),
+        ("Recall", prom(names.QUALITY_RECALL), an["recall_floor"], missed),
     ):
         f = _num(floor)
         rules.append(
@@ -394,7 +395,7 @@ def analysis_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
                 f"Inferwatch{name}BelowFloor",
                 f"max by ({mv}) ({metric}) < {f}\n"
                 f"and on ({mv})\n"
-                f"max by ({mv}) (inferwatch_quality_label_coverage_ratio) >= {coverage}",
+                f"max by ({mv}) ({prom(names.QUALITY_LABEL_COVERAGE)}) >= {coverage}",
                 "ticket",
                 f"Realized {name.lower()} of {model} below {f}",
                 f"{name} on the labeled predictions of the quality window has stayed below {f} "
@@ -409,7 +410,7 @@ def analysis_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
             slo,
             "InferwatchAnalysisStale",
             # gauges keep their last value when runs fail: watch the age of the last success
-            f"time() - max by ({mv}) (inferwatch_analysis_last_success_seconds) > {stale * 60}",
+            f"time() - max by ({mv}) ({prom(names.ANALYSIS_LAST_SUCCESS)}) > {stale * 60}",
             "ticket",
             f"No drift/quality analysis of {model} for {stale} min",
             f"The analysis job has not completed a run for over {stale} minutes; drift and "

@@ -71,7 +71,9 @@ def _wire_http_instrumentation(
     if mode == HttpInstrumentation.INFERWATCH and telemetry.meter is not None:
         http.tracer = telemetry.tracer
         duration = telemetry.meter.create_histogram(
-            names.HTTP_SERVER_DURATION, unit="s", description="Duration of HTTP server requests."
+            names.HTTP_SERVER_DURATION,
+            unit=names.METRICS[names.HTTP_SERVER_DURATION].unit,
+            description="Duration of HTTP server requests.",
         )
         http.duration = telemetry.deferred.histogram(duration) if telemetry.deferred else duration
         http.deferred = telemetry.deferred

@@ -17,14 +17,3 @@ def test_every_setting_is_documented_in_the_readme() -> None:
         if f"`INFERWATCH_{name.upper()}`" not in readme
     ]
     assert missing == []
-
-
-def test_every_metric_constant_is_unique() -> None:
-    from inferwatch.telemetry import instruments
-
-    values = [
-        getattr(instruments, n)
-        for n in dir(instruments)
-        if n.isupper() and not n.startswith(("ATTR_", "PROM_LABEL", "SCOPE"))
-    ]
-    assert len(values) == len(set(values))

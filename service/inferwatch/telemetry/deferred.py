@@ -43,6 +43,7 @@ from opentelemetry.util.types import Attributes
 
 from inferwatch.telemetry.instruments import (
     ATTR_OUTCOME,
+    METRICS,
     TELEMETRY_DEFERRED,
 )
 
@@ -79,7 +80,7 @@ class DeferredTelemetry:
         meter.create_observable_counter(
             TELEMETRY_DEFERRED,
             callbacks=[self._observe],
-            unit="{item}",
+            unit=METRICS[TELEMETRY_DEFERRED].unit,
             description="Request-path telemetry (measurements, span attributes and ends) "
             "run off the request path, by outcome (recorded, dropped).",
         )
