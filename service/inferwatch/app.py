@@ -155,7 +155,7 @@ def create_app(
         )
         # Everything alive now lives as long as the process: move it out of the GC's
         # reach, so full collections (triggered by records and spans awaiting flush)
-        # scan only request-time objects: ~100 ms pauses became ~2 ms (bench/overhead).
+        # scan only request-time objects, and their pauses shrink (docs/benchmarks.md).
         gc.collect()
         gc.freeze()
         try:

@@ -1,7 +1,7 @@
 """The audit writer: request path enqueues, a background thread COPYs to Postgres.
 
 ``submit`` (request threads) appends the record to a bounded in-memory deque and
-returns: no I/O, no lock, no encoding, O(1 µs). When the deque is full the record
+returns: no I/O, no lock, no encoding, O(µs). When the deque is full the record
 is encoded and appended to the disk spool on the caller's thread (degraded mode:
 a page-cache write, still no network), never dropped.
 
