@@ -3,9 +3,11 @@
 Why a generator: the latency threshold, the SLO targets and the burn-rate rows each appear
 in several PromQL expressions (SLI, burn rates for seven windows, P99 alert, annotations);
 written by hand they drift apart. slo.yml holds them once; this script writes
-prometheus/rules/inferwatch.yml, which is committed (reviewable, and what Prometheus and
-compose load). `--check` exits 1 when the committed file differs from what slo.yml
-generates (CI runs it through tests/integration/test_rules.py).
+prometheus/rules/inferwatch.yml (the service's rules) and prometheus/rules/analysis.yml
+(alerts on the analysis job's gauges), both committed (reviewable, and what Prometheus and
+compose load), and prometheus/tests/alerts_test.yml from alerts.scenarios.yml. `--check`
+exits 1 when a committed file differs from what it generates (scripts/test runs it, and
+so does tests/integration/test_rules.py). It never edits slo.yml or the scenarios.
 
 Every rule works for both ways the service's metrics reach Prometheus: OTLP push through
 the collector (exponential histograms -> native histograms) and the scrape of /metrics
@@ -27,9 +29,13 @@ from typing import Any
 
 import yaml
 
+from inferwatch.telemetry import instruments as names
+from inferwatch.telemetry.instruments import prometheus_name as prom
+
 HERE = Path(__file__).resolve().parent
 SLO_FILE = HERE.parent / "slo.yml"
 OUT_FILE = HERE / "inferwatch.yml"
+ANALYSIS_FILE = HERE / "analysis.yml"
 SCENARIOS_FILE = HERE.parent / "tests" / "alerts.scenarios.yml"
 TESTS_FILE = HERE.parent / "tests" / "alerts_test.yml"
 
@@ -46,25 +52,36 @@ def _num(x: float) -> str:
     return repr(round(x, 10)).removesuffix(".0") if float(x).is_integer() else repr(round(x, 10))
 
 
+_UNIT_S = {"m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(duration: str) -> int:
+    """A Prometheus duration of one unit ("5m", "2h", "3d") in seconds."""
+    return int(duration[:-1]) * _UNIT_S[duration[-1]]
+
+
+def _duration(seconds: int) -> str:
+    """The largest whole unit: 7200 -> "2h", 5400 -> "90m"."""
+    unit = next(u for u in ("d", "h", "m") if seconds % _UNIT_S[u] == 0)
+    return f"{seconds // _UNIT_S[unit]}{unit}"
+
+
 def windows(slo: dict[str, Any]) -> list[str]:
-    order = {"m": 60, "h": 3600, "d": 86400}
     ws = {r[k] for r in slo["burn_rates"] for k in ("long", "short")}
-    return sorted(ws, key=lambda w: int(w[:-1]) * order[w[-1]])
+    return sorted(ws, key=_seconds)
 
 
 def recording_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
     job = f'job="{slo["service_job"]}"'
-    lat = slo["latency"]
-    m = lat["metric"]
+    m = prom(names.INFERENCE_DURATION)
     mv = "model_name, model_version"
     rules: list[dict[str, Any]] = [
         {
             "record": "inferwatch:predictions:rate5m",
-            "expr": f"sum by ({mv}) (rate(inferwatch_predictions_total{{{job}}}[5m]))",
+            "expr": f"sum by ({mv}) (rate({prom(names.PREDICTIONS)}{{{job}}}[5m]))",
         }
     ]
-    err = slo["errors"]
-    e = err["metric"]
+    e = prom(names.HTTP_SERVER_DURATION)
     rules.append(
         {
             "record": "inferwatch:http_requests:rate5m",
@@ -91,8 +108,8 @@ def recording_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
 def slo_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
     job = f'job="{slo["service_job"]}"'
     lat, err = slo["latency"], slo["errors"]
-    m, t = lat["metric"], _num(lat["threshold_seconds"])
-    e, route, bad = err["metric"], err["route_matcher"], err["error_matcher"]
+    m, t = prom(names.INFERENCE_DURATION), _num(lat["threshold_seconds"])
+    e, route, bad = prom(names.HTTP_SERVER_DURATION), err["route_matcher"], err["error_matcher"]
     lat_budget, err_budget = _num(1 - lat["objective"]), _num(1 - err["objective"])
     rules: list[dict[str, Any]] = []
     for w in windows(slo):
@@ -145,7 +162,7 @@ def _alert(
     rule["annotations"] = {
         "summary": summary,
         "description": description,
-        "runbook_url": f"{slo['runbook_url']}#{name.lower()}",
+        "runbook_url": f"{slo['runbook_base_url']}#{name.lower()}",
     }
     return rule
 
@@ -273,7 +290,7 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
         _alert(
             slo,
             "InferwatchTelemetryDropped",
-            "sum by (job, instance) (increase(inferwatch_telemetry_deferred_total"
+            f"sum by (job, instance) (increase({prom(names.TELEMETRY_DEFERRED)}"
             f'{{outcome="dropped"}}[{tel["dropped_window"]}])) > 0',
             "ticket",
             "The service dropped its own telemetry",
@@ -287,7 +304,7 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
             slo,
             "InferwatchAuditRecordsDropped",
             "sum by (job, instance) "
-            f"(increase(inferwatch_audit_dropped_total[{aud['dropped_window']}])) > 0",
+            f"(increase({prom(names.AUDIT_DROPPED)}[{aud['dropped_window']}])) > 0",
             "page",
             "Audit records were lost",
             "Audit records were dropped by {{ $labels.instance }} in the last "
@@ -298,7 +315,7 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
         _alert(
             slo,
             "InferwatchAuditSpoolGrowing",
-            f"delta(inferwatch_audit_spool_size[{aud['spool_growing_window']}]) > 0",
+            f"delta({prom(names.AUDIT_SPOOL_SIZE)}[{aud['spool_growing_window']}]) > 0",
             "ticket",
             "The audit spool keeps growing",
             "The disk spool of {{ $labels.instance }} has grown over every "
@@ -312,7 +329,7 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
         _alert(
             slo,
             "InferwatchAuditSpoolStale",
-            f"max by (job, instance) (inferwatch_audit_spool_oldest_age_seconds) > {age}",
+            f"max by (job, instance) ({prom(names.AUDIT_SPOOL_OLDEST_AGE)}) > {age}",
             "ticket",
             "Audit records wait in the spool too long",
             "The oldest spooled audit record of {{ $labels.instance }} is older than "
@@ -324,15 +341,81 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
         _alert(
             slo,
             "InferwatchAuditWriterStalled",
-            f"min by (job, instance) (min_over_time(inferwatch_audit_queue_depth[{sw}])) > 0\n"
+            f"min by (job, instance) (min_over_time({prom(names.AUDIT_QUEUE_DEPTH)}[{sw}])) > 0\n"
             f"unless on (job, instance)\n"
-            f"sum by (job, instance) (increase(inferwatch_audit_written_total[{sw}])) > 0\n"
+            f"sum by (job, instance) (increase({prom(names.AUDIT_WRITTEN)}[{sw}])) > 0\n"
             f"unless on (job, instance)\n"
-            f"sum by (job, instance) (increase(inferwatch_audit_spooled_total[{sw}])) > 0",
+            f"sum by (job, instance) (increase({prom(names.AUDIT_SPOOLED)}[{sw}])) > 0",
             "ticket",
             "The audit writer makes no progress",
             "The audit queue of {{ $labels.instance }} has been non-empty for "
             f"{sw} while nothing was written to Postgres or spooled.",
+        )
+    )
+    return rules
+
+
+def analysis_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
+    """Alerts on the analysis job's gauges (service/inferwatch/analysis/jobs.py).
+
+    The job decides drift per feature itself (docs/drift.md); these rules only say how long
+    a verdict must hold, and judge quality only once enough predictions are labeled.
+    Severity ticket: drift and quality need a person, not a page.
+    """
+    an = slo["analysis"]
+    mv = "model_name, model_version"
+    model = "{{ $labels.model_name }} {{ $labels.model_version }}"
+    drift_for, quality_for = an["drift_for"], an["quality_for"]
+    coverage = _num(an["min_label_coverage"])
+    coverage_pct = _num(an["min_label_coverage"] * 100)
+    rules = [
+        _alert(
+            slo,
+            "InferwatchFeatureDriftSustained",
+            f"max by ({mv}, feature) ({prom(names.DRIFT_DETECTED)}) == 1",
+            "ticket",
+            f"Feature {{{{ $labels.feature }}}} of {model} drifted for {drift_for}",
+            "The analysis job has found drift in feature {{ $labels.feature }} (PSI or "
+            "Wasserstein / Jensen-Shannon above threshold against the training profile) in "
+            f"every run of the last {drift_for}. Run `inferwatch drift --model-version "
+            f"{{{{ $labels.model_version }}}} --since -{_duration(_seconds(drift_for) * 2)}` "
+            "for the table and plots.",
+            drift_for,
+        )
+    ]
+    missed = ": fraud is being missed"
+    for name, metric, floor, consequence in (
+        ("Precision", prom(names.QUALITY_PRECISION), an["precision_floor"], ""),
+        ("Recall", prom(names.QUALITY_RECALL), an["recall_floor"], missed),
+    ):
+        f = _num(floor)
+        rules.append(
+            _alert(
+                slo,
+                f"Inferwatch{name}BelowFloor",
+                f"max by ({mv}) ({metric}) < {f}\n"
+                f"and on ({mv})\n"
+                f"max by ({mv}) ({prom(names.QUALITY_LABEL_COVERAGE)}) >= {coverage}",
+                "ticket",
+                f"Realized {name.lower()} of {model} below {f}",
+                f"{name} on the labeled predictions of the quality window has stayed below {f} "
+                f'for {quality_for} (now {{{{ $value | printf "%.3f" }}}}), with at least '
+                f"{coverage_pct}% of predictions labeled{consequence}.",
+                quality_for,
+            )
+        )
+    stale = int(an["stale_after_minutes"])
+    rules.append(
+        _alert(
+            slo,
+            "InferwatchAnalysisStale",
+            # gauges keep their last value when runs fail: watch the age of the last success
+            f"time() - max by ({mv}) ({prom(names.ANALYSIS_LAST_SUCCESS)}) > {stale * 60}",
+            "ticket",
+            f"No drift/quality analysis of {model} for {stale} min",
+            f"The analysis job has not completed a run for over {stale} minutes; drift and "
+            "quality alerts are blind. Check the job's logs and the analyst database.",
+            an["stale_for"],
         )
     )
     return rules
@@ -364,9 +447,28 @@ def render(slo: dict[str, Any]) -> str:
     return HEADER + _dump(rules_doc(slo))
 
 
+ANALYSIS_HEADER = """\
+# GENERATED by prometheus/rules/generate.py from prometheus/slo.yml (analysis:) -- do not
+# edit by hand. Alerts on the drift and quality gauges of the analysis job
+# (`inferwatch analysis-job`, job="inferwatch-analysis" after OTLP translation).
+# Who reads it: Prometheus (rule_files: rules/*.yml), native and compose alike; tested by
+# prometheus/tests/analysis_test.yml (written by hand, annotations spelled out).
+"""
+
+
+def render_analysis(slo: dict[str, Any]) -> str:
+    group = {
+        "name": "inferwatch-analysis",
+        "interval": slo["analysis"]["interval"],
+        "rules": analysis_rules(slo),
+    }
+    return ANALYSIS_HEADER + _dump({"groups": [group]})
+
+
 TESTS_HEADER = """\
 # GENERATED by prometheus/rules/generate.py from prometheus/tests/alerts.scenarios.yml
-# (exp_annotations filled in from the generated rules) -- do not edit by hand.
+# (exp_annotations filled in from the generated rules where the scenario does not spell
+# them out) -- do not edit by hand.
 # Run: promtool test rules prometheus/tests/alerts_test.yml
 """
 
@@ -376,7 +478,11 @@ def _render_labels(template: str, labels: dict[str, str]) -> str:
 
 
 def render_tests(slo: dict[str, Any], scenarios: dict[str, Any]) -> str:
-    """The scenarios plus, for every expected alert, the annotations its rule renders."""
+    """The scenarios plus, for every expected alert, the annotations its rule renders.
+
+    A scenario that writes out an alert's `exp_annotations` keeps them as written: those
+    are the cases where promtool checks the annotation text itself against the rule.
+    """
     templates = {(r["alert"], r["labels"]["severity"]): r["annotations"] for r in alert_rules(slo)}
     out = copy.deepcopy(scenarios)
     out = {"rule_files": ["../rules/inferwatch.yml"], **out}
@@ -387,6 +493,8 @@ def render_tests(slo: dict[str, Any], scenarios: dict[str, Any]) -> str:
                 key = (case["alertname"], labels["severity"])
                 if key not in templates:
                     raise SystemExit(f"scenario '{test['name']}': no alert {key}")
+                if "exp_annotations" in exp:
+                    continue
                 exp["exp_annotations"] = {
                     k: _render_labels(v, labels) for k, v in templates[key].items()
                 }
@@ -404,7 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     slo = load_slo()
     scenarios = yaml.safe_load(SCENARIOS_FILE.read_text())
-    outputs = {OUT_FILE: render(slo), TESTS_FILE: render_tests(slo, scenarios)}
+    outputs = {
+        OUT_FILE: render(slo),
+        ANALYSIS_FILE: render_analysis(slo),
+        TESTS_FILE: render_tests(slo, scenarios),
+    }
     stale = [p for p, text in outputs.items() if not p.exists() or p.read_text() != text]
     if args.check:
         for p in stale:

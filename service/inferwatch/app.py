@@ -71,7 +71,9 @@ def _wire_http_instrumentation(
     if mode == HttpInstrumentation.INFERWATCH and telemetry.meter is not None:
         http.tracer = telemetry.tracer
         duration = telemetry.meter.create_histogram(
-            names.HTTP_SERVER_DURATION, unit="s", description="Duration of HTTP server requests."
+            names.HTTP_SERVER_DURATION,
+            unit=names.METRICS[names.HTTP_SERVER_DURATION].unit,
+            description="Duration of HTTP server requests.",
         )
         http.duration = telemetry.deferred.histogram(duration) if telemetry.deferred else duration
         http.deferred = telemetry.deferred
@@ -153,7 +155,7 @@ def create_app(
         )
         # Everything alive now lives as long as the process: move it out of the GC's
         # reach, so full collections (triggered by records and spans awaiting flush)
-        # scan only request-time objects: ~100 ms pauses became ~2 ms (bench/overhead).
+        # scan only request-time objects, and their pauses shrink (docs/benchmarks.md).
         gc.collect()
         gc.freeze()
         try:

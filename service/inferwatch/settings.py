@@ -2,7 +2,7 @@
 
 Built in the app factory (``create_app``) or the CLI, never at import time.
 ``OTEL_*`` variables (exporter endpoint, protocol, export interval, ...) are left to
-the OpenTelemetry SDK, which reads them itself; see docs/configuration.md.
+the OpenTelemetry SDK, which reads them itself (README.md, "Configuration reference").
 
 Secrets have no default that works in production: the database DSN and the analyst
 API key are unset by default, and ``environment=production`` refuses the

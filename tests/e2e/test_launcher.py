@@ -63,7 +63,7 @@ def scrape_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
 def test_no_collector_path_feeds_the_same_rules(scrape_stack: Stack) -> None:
     prom = Prom(scrape_stack.prometheus_url)
     rows, _ = generate_transactions(51, seed=11)
-    count = f'sum({names.PROM_INFERENCE_DURATION}_count{{job="inferwatch"}})'
+    count = f'sum({names.prometheus_name(names.INFERENCE_DURATION)}_count{{job="inferwatch"}})'
     with httpx.Client(base_url=scrape_stack.service_url, timeout=30) as c:
         # one first, so the series exists before the 50 (rate() counts from its first sample)
         assert c.post("/v1/predict", json={"features": rows[0]}).status_code == 200

@@ -32,7 +32,7 @@ from tests.e2e.conftest import Prom, poll, read_spans, span_attrs
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 N = 600
-HIST = names.PROM_INFERENCE_DURATION
+HIST = names.prometheus_name(names.INFERENCE_DURATION)
 SLO = yaml.safe_load((ROOT / "prometheus" / "slo.yml").read_text())
 THRESHOLD_S = float(SLO["latency"]["threshold_seconds"])
 RESULTS: dict[str, Any] = {}
@@ -111,7 +111,7 @@ def test_histogram_count_reaches_exactly_n(
 ) -> None:
     assert all(r["model_version"] == model_version for r in first_n)
     poll(lambda: _count(prom, model_version) == N, 60, f"histogram count == {N}")
-    preds = f'sum({names.PROM_PREDICTIONS}{{model_version="{model_version}"}})'
+    preds = f'sum({names.prometheus_name(names.PREDICTIONS)}{{model_version="{model_version}"}})'
     poll(lambda: prom.scalar(preds) == N, 30, f"predictions counter == {N}")
 
 
@@ -121,9 +121,10 @@ def test_the_deferred_telemetry_counter_reaches_prometheus_and_drops_nothing(
     """Each prediction queues five items (two histogram records, a counter increment,
     the route's span attributes, the span's end); the service reports them run, none
     dropped, under the name the runbook queries."""
-    recorded = f'sum({names.PROM_TELEMETRY_DEFERRED}{{outcome="recorded"}})'
+    deferred = names.prometheus_name(names.TELEMETRY_DEFERRED)
+    recorded = f'sum({deferred}{{outcome="recorded"}})'
     poll(lambda: (prom.scalar(recorded) or 0) >= 5 * N, 60, f"deferred items run >= {5 * N}")
-    dropped = prom.scalar(f'sum({names.PROM_TELEMETRY_DEFERRED}{{outcome="dropped"}})')
+    dropped = prom.scalar(f'sum({deferred}{{outcome="dropped"}})')
     assert dropped == 0
 
 
@@ -228,7 +229,8 @@ def test_freshness_response_to_prometheus(
 
 # names (and name regexes) the rules use that exist only once something went wrong
 ONLY_ON_FAILURE = re.compile(
-    r"^(inferwatch_audit_(dropped|spooled)_total|otelcol_exporter_(send|enqueue)_failed_.*"
+    rf"^({names.prometheus_name(names.AUDIT_DROPPED)}|{names.prometheus_name(names.AUDIT_SPOOLED)}"
+    r"|otelcol_exporter_(send|enqueue)_failed_.*"
     r"|otelcol_receiver_refused_log_records.*)$"
 )
 

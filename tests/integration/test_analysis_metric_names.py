@@ -115,7 +115,10 @@ def test_rule_metric_names_exist_in_prometheus(prometheus: str) -> None:
         for r in g["rules"]
         for n in re.findall(r"\b(inferwatch_[a-z_]+)\b", r["expr"])
     }
-    used |= {names.PROM_DRIFT_PSI, names.PROM_DRIFT_STATISTIC, names.PROM_DRIFT_DATASET}
+    used |= {
+        names.prometheus_name(n)
+        for n in (names.DRIFT_PSI, names.DRIFT_STATISTIC, names.DRIFT_DATASET)
+    }
     deadline = time.monotonic() + 20
     present: set[str] = set()
     while time.monotonic() < deadline:
@@ -125,7 +128,7 @@ def test_rule_metric_names_exist_in_prometheus(prometheus: str) -> None:
         time.sleep(0.5)
     assert sorted(used - present) == [], f"present: {sorted(present)}"
     q = httpx.get(f"{prometheus}/api/v1/query",
-                  params={"query": "inferwatch_drift_detected"}).json()  # fmt: skip
+                  params={"query": names.prometheus_name(names.DRIFT_DETECTED)}).json()  # fmt: skip
     labels = q["data"]["result"][0]["metric"]
     assert labels["model_name"] == "card-fraud"
     assert labels["model_version"] == "v-names"

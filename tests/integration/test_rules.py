@@ -112,5 +112,7 @@ def test_every_alert_is_labelled_annotated_and_in_the_runbook() -> None:
         assert ann.get("summary"), a["alert"]
         assert ann.get("description"), a["alert"]
         url = ann["runbook_url"]
-        assert url.startswith("docs/runbook.md#"), url
+        base = yaml.safe_load((PROM / "slo.yml").read_text())["runbook_base_url"]
+        assert re.fullmatch(r"https://\S+/docs/runbook\.md", base), base
+        assert url.startswith(f"{base}#"), url
         assert url.split("#", 1)[1] in anchors, f"{url}: no such section in docs/runbook.md"

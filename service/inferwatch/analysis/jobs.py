@@ -67,19 +67,21 @@ class AnalysisGauges:
         self._lock = threading.Lock()
         self._obs: dict[str, list[tuple[float, dict[str, str]]]] = {}
         specs = (
-            (names.DRIFT_PSI, "", "PSI of a feature's window against the training profile."),
-            (DRIFT_STATISTIC, "", "Wasserstein (numeric) or Jensen-Shannon (categorical)."),
-            (names.DRIFT_DETECTED, "", "1 when the feature's drift verdict is drift."),
-            (DRIFT_DATASET, "", "1 when the dataset's drift verdict is drift."),
-            (names.QUALITY_PRECISION, "1", "Precision on labeled predictions."),
-            (names.QUALITY_RECALL, "1", "Recall on labeled predictions."),
-            (QUALITY_ROC_AUC, "1", "ROC AUC on labeled predictions."),
-            (names.QUALITY_LABEL_COVERAGE, "1", "Share of predictions with an outcome."),
-            (ANALYSIS_ROWS, "{prediction}", "Predictions in the drift window."),
-            (ANALYSIS_LAST_SUCCESS, "s", "Unix time of the last completed analysis run."),
+            (names.DRIFT_PSI, "PSI of a feature's window against the training profile."),
+            (DRIFT_STATISTIC, "Wasserstein (numeric) or Jensen-Shannon (categorical)."),
+            (names.DRIFT_DETECTED, "1 when the feature's drift verdict is drift."),
+            (DRIFT_DATASET, "1 when the dataset's drift verdict is drift."),
+            (names.QUALITY_PRECISION, "Precision on labeled predictions."),
+            (names.QUALITY_RECALL, "Recall on labeled predictions."),
+            (QUALITY_ROC_AUC, "ROC AUC on labeled predictions."),
+            (names.QUALITY_LABEL_COVERAGE, "Share of predictions with an outcome."),
+            (ANALYSIS_ROWS, "Predictions in the drift window."),
+            (ANALYSIS_LAST_SUCCESS, "Unix time of the last completed analysis run."),
         )
-        for name, unit, desc in specs:
-            meter.create_observable_gauge(name, [self._callback(name)], unit=unit, description=desc)
+        for name, desc in specs:
+            meter.create_observable_gauge(
+                name, [self._callback(name)], unit=names.METRICS[name].unit, description=desc
+            )
 
     def _callback(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:

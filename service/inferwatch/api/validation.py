@@ -4,7 +4,7 @@ Pure: parsed JSON in, a validated instance or a list of problems out. Every prob
 names its field (a dotted path) and what is wrong; all problems of a request are
 reported at once. Nothing here raises on any input a client can send.
 
-Decisions (docs/api.md):
+Decisions (docs/decisions.md, "Request parsing by hand"):
 * numbers must be finite and inside the schema's [minimum, maximum];
 * an ``int`` feature takes a JSON integer, or a float with an integral value (3.0);
 * a ``bool`` feature takes only ``true``/``false``; numbers never pass as bools and

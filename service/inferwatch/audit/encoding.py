@@ -14,11 +14,11 @@ reported through ``Encoded.sanitized`` so the writer can log it with its id.
 The API should reject these with a 4xx first; this is the writer's safety net.
 
 Speed (the writer encodes every record on one thread, sharing two cores with the
-server): a prediction takes one fast path (``prediction_tuple``, ~2 µs for the
-benchmark's 21-feature payload) that falls back to the careful path above only
-when a value needs attention; model name/version fields are cached; and the
-payload's keys are sent in jsonb's storage order (``jsonb_order``), which makes the
-server's per-row key sort a single pass (measured ~+12% COPY rows/s). jsonb stores
+server): a prediction takes one fast path (``prediction_tuple``, no per-row objects
+beyond the tuple's bytes) that falls back to the careful path above only when a value
+needs attention; model name/version fields are cached; and the payload's keys are
+sent in jsonb's storage order (``jsonb_order``), which makes the server's per-row key
+sort a single pass (more COPY rows/s: docs/audit.md). jsonb stores
 an object's keys in that order whatever order they arrive in, so the stored value
 is the same.
 """

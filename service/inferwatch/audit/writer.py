@@ -1,7 +1,7 @@
 """The audit writer: request path enqueues, a background thread COPYs to Postgres.
 
 ``submit`` (request threads) appends the record to a bounded in-memory deque and
-returns: no I/O, no lock, no encoding, O(1 µs). When the deque is full the record
+returns: no I/O, no lock, no encoding, O(µs). When the deque is full the record
 is encoded and appended to the disk spool on the caller's thread (degraded mode:
 a page-cache write, still no network), never dropped.
 
@@ -57,6 +57,7 @@ from inferwatch.telemetry.instruments import (
     AUDIT_QUEUE_DEPTH,
     AUDIT_SPOOL_OLDEST_AGE,
     AUDIT_SPOOL_SIZE,
+    METRICS,
     AuditInstruments,
 )
 
@@ -137,17 +138,23 @@ class PostgresAuditWriter:
         self._backoff_s = _BACKOFF_MIN_S
         self._ins = AuditInstruments.create(meter)
         meter.create_observable_gauge(
-            AUDIT_QUEUE_DEPTH, [self._observe_queue], unit="{record}",
+            AUDIT_QUEUE_DEPTH,
+            [self._observe_queue],
+            unit=METRICS[AUDIT_QUEUE_DEPTH].unit,
             description="Audit records waiting in the in-memory queue.",
-        )  # fmt: skip
+        )
         meter.create_observable_gauge(
-            AUDIT_SPOOL_SIZE, [self._observe_spool], unit="{record}",
+            AUDIT_SPOOL_SIZE,
+            [self._observe_spool],
+            unit=METRICS[AUDIT_SPOOL_SIZE].unit,
             description="Audit records in the disk spool, not yet in Postgres.",
-        )  # fmt: skip
+        )
         meter.create_observable_gauge(
-            AUDIT_SPOOL_OLDEST_AGE, [self._observe_age], unit="s",
+            AUDIT_SPOOL_OLDEST_AGE,
+            [self._observe_age],
+            unit=METRICS[AUDIT_SPOOL_OLDEST_AGE].unit,
             description="Age of the oldest record in the disk spool (0 when empty).",
-        )  # fmt: skip
+        )
 
     # --- AuditSink ----------------------------------------------------------------------
     def start(self) -> None:

@@ -1,9 +1,9 @@
 """Request-path telemetry work handed to the SDK in batches, off the request path.
 
-Why: one synchronous SDK measurement costs ~7-9 µs in a tight loop but 25-27 µs on the
-request path, right after ``predict_proba`` has evicted the CPU caches; setting a
-span's attributes and ending it are the same story (docs/decisions.md has the
-measurements). So a request only appends ``(call, a, b, c)`` to a deque (~0.3 µs):
+Why: one synchronous SDK measurement costs far more on the request path, right after
+``predict_proba`` has evicted the CPU caches, than in a tight loop;
+setting a span's attributes and ending it are the same story (docs/benchmarks.md has
+the measurements). So a request only appends ``(call, a, b, c)`` to a deque:
 its histogram records and counter increments (with the request's OTel context), the
 route's prediction attributes on the server span, and the span's final name,
 attributes and end (with the request's end time). A background thread runs the queue
@@ -43,6 +43,7 @@ from opentelemetry.util.types import Attributes
 
 from inferwatch.telemetry.instruments import (
     ATTR_OUTCOME,
+    METRICS,
     TELEMETRY_DEFERRED,
 )
 
@@ -79,7 +80,7 @@ class DeferredTelemetry:
         meter.create_observable_counter(
             TELEMETRY_DEFERRED,
             callbacks=[self._observe],
-            unit="{item}",
+            unit=METRICS[TELEMETRY_DEFERRED].unit,
             description="Request-path telemetry (measurements, span attributes and ends) "
             "run off the request path, by outcome (recorded, dropped).",
         )

@@ -12,8 +12,8 @@ conventions: method (unknown methods become ``_OTHER``), ``url.scheme``,
 extracted (with the configured ``OTEL_PROPAGATORS``) only when the caller sends a
 ``traceparent`` header.
 
-Why not FastAPI's own: it costs 60-80 µs more CPU per request here (bench/cpu): it
-extracts context on every request, keeps a per-request telemetry object, an
+Why not FastAPI's own: it costs more CPU per request (bench/cpu; docs/benchmarks.md):
+it extracts context on every request, keeps a per-request telemetry object, an
 active-requests up/down counter, more span attributes, context managers.
 
 Must never: create an instrument per request, put an id or a path with ids on a metric

@@ -5,16 +5,21 @@ Metric and span names follow OpenTelemetry naming: dot-separated, the unit in
 cardinality only (model name, model version, predicted class, outcome, reason);
 ids and feature values go on spans and into the audit table, never on metrics.
 
-The ``PROM_*`` constants are the names these instruments get in Prometheus after
-OTLP translation (``UnderscoreEscapingWithSuffixes``: dots become underscores, the
-unit suffix and ``_total`` for counters are appended). Dashboards, recording rules
-and alerts use those; a test checks them against a live Prometheus.
+Each metric's unit and kind are declared once, in ``METRICS``; the code that creates
+an instrument takes its unit from there, and ``prometheus_name`` derives from them
+the name Prometheus stores it under after OTLP translation. The rule generator
+(prometheus/rules/generate.py) and the tests take Prometheus names from
+``prometheus_name``, never spell them; tests check the derived names against a live
+Prometheus. Nothing here creates an instrument at import or holds global state.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final, Literal
 
 from opentelemetry.metrics import Counter, Histogram, Meter, UpDownCounter
 from opentelemetry.semconv.metrics import http_metrics
@@ -73,26 +78,93 @@ QUALITY_ROC_AUC: Final = "inferwatch.quality.roc_auc"
 ANALYSIS_ROWS: Final = "inferwatch.analysis.window_rows"
 ANALYSIS_LAST_SUCCESS: Final = "inferwatch.analysis.last_success"
 ATTR_STATISTIC: Final = "statistic"
-# As Prometheus stores them (OTLP translation, UnderscoreEscapingWithSuffixes).
 
-# --- the same names as Prometheus stores them (OTLP translation) ------------------
-PROM_INFERENCE_DURATION: Final = "inferwatch_inference_duration_seconds"
-PROM_BATCH_INFERENCE_DURATION: Final = "inferwatch_inference_batch_duration_seconds"
-PROM_PREDICTIONS: Final = "inferwatch_predictions_total"
-PROM_REJECTED_REQUESTS: Final = "inferwatch_requests_rejected_total"
-PROM_HTTP_SERVER_DURATION: Final = "http_server_request_duration_seconds"
-PROM_TELEMETRY_DEFERRED: Final = "inferwatch_telemetry_deferred_total"
-PROM_AUDIT_DROPPED: Final = "inferwatch_audit_dropped_total"
-PROM_DRIFT_PSI: Final = "inferwatch_drift_psi"
-PROM_DRIFT_DETECTED: Final = "inferwatch_drift_detected"
-PROM_DRIFT_STATISTIC: Final = "inferwatch_drift_statistic"
-PROM_DRIFT_DATASET: Final = "inferwatch_drift_dataset_detected"
-PROM_QUALITY_PRECISION: Final = "inferwatch_quality_precision_ratio"
-PROM_QUALITY_RECALL: Final = "inferwatch_quality_recall_ratio"
-PROM_QUALITY_LABEL_COVERAGE: Final = "inferwatch_quality_label_coverage_ratio"
-PROM_ANALYSIS_LAST_SUCCESS: Final = "inferwatch_analysis_last_success_seconds"
-PROM_LABEL_MODEL_NAME: Final = "model_name"
-PROM_LABEL_MODEL_VERSION: Final = "model_version"
+
+# --- unit and kind of every metric above ---------------------------------------------
+Kind = Literal["counter", "updowncounter", "histogram", "gauge"]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """How a metric is created: its UCUM unit and instrument kind (counter = monotonic)."""
+
+    unit: str
+    kind: Kind
+
+
+METRICS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
+    {
+        INFERENCE_DURATION: MetricSpec("s", "histogram"),
+        BATCH_INFERENCE_DURATION: MetricSpec("s", "histogram"),
+        PREDICTIONS: MetricSpec("{prediction}", "counter"),
+        REJECTED_REQUESTS: MetricSpec("{request}", "counter"),
+        HTTP_SERVER_DURATION: MetricSpec("s", "histogram"),
+        TELEMETRY_DEFERRED: MetricSpec("{item}", "counter"),
+        AUDIT_ENQUEUED: MetricSpec("{record}", "counter"),
+        AUDIT_WRITTEN: MetricSpec("{record}", "counter"),
+        AUDIT_SPOOLED: MetricSpec("{record}", "counter"),
+        AUDIT_REPLAYED: MetricSpec("{record}", "counter"),
+        AUDIT_DROPPED: MetricSpec("{record}", "counter"),
+        AUDIT_QUEUE_DEPTH: MetricSpec("{record}", "gauge"),
+        AUDIT_SPOOL_SIZE: MetricSpec("{record}", "gauge"),
+        AUDIT_SPOOL_OLDEST_AGE: MetricSpec("s", "gauge"),
+        AUDIT_BATCH_DURATION: MetricSpec("s", "histogram"),
+        DRIFT_PSI: MetricSpec("", "gauge"),
+        DRIFT_STATISTIC: MetricSpec("", "gauge"),
+        DRIFT_DETECTED: MetricSpec("", "gauge"),
+        DRIFT_DATASET: MetricSpec("", "gauge"),
+        QUALITY_PRECISION: MetricSpec("1", "gauge"),
+        QUALITY_RECALL: MetricSpec("1", "gauge"),
+        QUALITY_ROC_AUC: MetricSpec("1", "gauge"),
+        QUALITY_LABEL_COVERAGE: MetricSpec("1", "gauge"),
+        ANALYSIS_ROWS: MetricSpec("{prediction}", "gauge"),
+        ANALYSIS_LAST_SUCCESS: MetricSpec("s", "gauge"),
+    }
+)
+
+# UCUM units as Prometheus spells them in a name (the OTLP translator's table, the part
+# we may use); "1" adds no unit word. A unit outside it is refused, not guessed.
+_PROMETHEUS_UNITS: Final = MappingProxyType(
+    {
+        "d": "days",
+        "h": "hours",
+        "min": "minutes",
+        "s": "seconds",
+        "ms": "milliseconds",
+        "us": "microseconds",
+        "ns": "nanoseconds",
+        "By": "bytes",
+        "KiBy": "kibibytes",
+        "MiBy": "mebibytes",
+        "%": "percent",
+        "1": "",
+    }
+)
+
+
+def prometheus_name(name: str, spec: MetricSpec | None = None) -> str:
+    """The name Prometheus stores metric ``name`` (of ``METRICS``) under after OTLP translation.
+
+    prometheus.yml's ``translation_strategy: UnderscoreEscapingWithSuffixes``: the name's
+    words joined by ``_``, then the unit's word unless the name already has it (an
+    annotation such as ``{record}`` adds none), ``total`` for a counter, ``ratio`` for a
+    gauge of unit ``1``. The /metrics pull path names its series the same way. ``spec``
+    translates a name that is not ours.
+    """
+    spec = spec or METRICS[name]
+    words = [w for w in re.split(r"[^a-zA-Z0-9:]+", name) if w]
+    unit = spec.unit
+    if unit and "{" not in unit:
+        if unit not in _PROMETHEUS_UNITS:
+            raise ValueError(f"{name}: unit {unit!r} has no Prometheus spelling here")
+        word = _PROMETHEUS_UNITS[unit]
+        if word and word not in words:
+            words.append(word)
+    if spec.kind == "counter":
+        words = [w for w in words if w != "total"] + ["total"]
+    if unit == "1" and spec.kind == "gauge":
+        words = [w for w in words if w != "ratio"] + ["ratio"]
+    return "_".join(words)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,22 +190,22 @@ class ServiceInstruments:
         return cls(
             inference_duration=meter.create_histogram(
                 INFERENCE_DURATION,
-                unit="s",
+                unit=METRICS[INFERENCE_DURATION].unit,
                 description="Duration of model inference (predict_proba) for one prediction.",
             ),
             batch_inference_duration=meter.create_histogram(
                 BATCH_INFERENCE_DURATION,
-                unit="s",
+                unit=METRICS[BATCH_INFERENCE_DURATION].unit,
                 description="Duration of model inference for one batch request.",
             ),
             predictions=meter.create_counter(
                 PREDICTIONS,
-                unit="{prediction}",
+                unit=METRICS[PREDICTIONS].unit,
                 description="Predictions served, by model version and predicted class.",
             ),
             rejected=meter.create_counter(
                 REJECTED_REQUESTS,
-                unit="{request}",
+                unit=METRICS[REJECTED_REQUESTS].unit,
                 description="Requests rejected before inference, by reason.",
             ),
         )
@@ -153,7 +225,7 @@ class AuditInstruments:
     @classmethod
     def create(cls, meter: Meter) -> AuditInstruments:
         def c(name: str, desc: str) -> Counter:
-            return meter.create_counter(name, unit="{record}", description=desc)
+            return meter.create_counter(name, unit=METRICS[name].unit, description=desc)
 
         return cls(
             enqueued=c(AUDIT_ENQUEUED, "Audit records handed to the writer."),
@@ -162,13 +234,18 @@ class AuditInstruments:
             replayed=c(AUDIT_REPLAYED, "Spooled audit records replayed into Postgres."),
             dropped=c(AUDIT_DROPPED, "Audit records lost (spool unwritable). Must stay 0."),
             batch_duration=meter.create_histogram(
-                AUDIT_BATCH_DURATION, unit="s", description="Duration of one audit batch write."
+                AUDIT_BATCH_DURATION,
+                unit=METRICS[AUDIT_BATCH_DURATION].unit,
+                description="Duration of one audit batch write.",
             ),
         )
 
 
 __all__ = [n for n in dir() if n.isupper()] + [
     "AuditInstruments",
+    "Kind",
+    "MetricSpec",
     "ServiceInstruments",
     "UpDownCounter",
+    "prometheus_name",
 ]

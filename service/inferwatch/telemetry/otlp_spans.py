@@ -1,13 +1,14 @@
-"""OTLP/HTTP span export with a direct protobuf encoder: the SDK's wire bytes, 5x cheaper.
+"""OTLP/HTTP span export with a direct protobuf encoder: the SDK's wire bytes, cheaper.
 
 Why this exists: the span export thread shares the GIL (and, in the benchmark, the
 core) with the request thread. The SDK's encoder (``encode_spans``) builds one Python
-protobuf object per span, attribute and value: ~46 µs per prediction span of 15
-attributes on this machine, and a 512-span batch holds the GIL for ~25 ms, which is
-the c=1 latency tail. ``encode_request`` writes the same ``ExportTraceServiceRequest``
-straight to protobuf wire format: fixed prefixes per attribute key, cached whole
-key/value fields for repeated values (method, route, model version, ...), resource and
-scope encoded once. Measured numbers: docs/decisions.md.
+protobuf object per span, attribute and value, so encoding a prediction span costs
+more CPU than the rest of its export, and encoding a whole batch holds the GIL long
+enough to show in the single-request latency tail. ``encode_request`` writes the same
+``ExportTraceServiceRequest`` straight to protobuf wire format: fixed prefixes per
+attribute key, cached whole key/value fields for repeated values (method, route,
+model version, ...), resource and scope encoded once. Measurements:
+docs/benchmarks.md.
 
 Contract (tests/unit/test_otlp_spans.py): for any batch the SDK can encode,
 ``ExportTraceServiceRequest.FromString(encode_request(spans))`` equals
@@ -161,7 +162,7 @@ class SpanEncoder:
     def _attributes(self, field: int, attributes: Mapping[str, Any] | None) -> bytes:
         if not attributes:
             return b""
-        # BoundedAttributes is a Mapping whose ABC iteration costs ~1 µs per item; its
+        # BoundedAttributes is a Mapping whose ABC iteration is slow per item; its
         # plain dict (same items, same order) is read directly when there is one.
         items = getattr(attributes, "_dict", attributes).items()
         if field == 9:

@@ -9,7 +9,8 @@ by default spans go through a BatchSpanProcessor and metrics through a
 PeriodicExportingMetricReader to OTLP (endpoint, protocol, headers, export interval:
 the standard ``OTEL_*`` variables, read by the SDK), and a Prometheus reader backs
 ``GET /metrics`` from the same meter provider when OTLP export is off (or when
-``INFERWATCH_METRICS_ENDPOINT=on``): each reader costs every measurement ~4 µs.
+``INFERWATCH_METRICS_ENDPOINT=on``): the SDK aggregates every measurement once per
+reader, so a second reader makes every measurement dearer.
 
 Must never: block or fail a request when the collector is down (the batch
 processor drops, bounded), or hang shutdown (every flush is bounded).
