@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.audit [--rows 200000] [--insert-rows 5000]
 
-Starts a throwaway Postgres cluster (tests/fixtures/pg.py: Debian's Postgres
+Starts a throwaway Postgres cluster (stack/postgres.py: Debian's Postgres
 binaries, as the postgres user, loopback), creates the audit schema with the
 migrations, then measures on the same machine, same table, same 20-float JSONB
 payload (plus a categorical and an entity id):
@@ -46,7 +46,7 @@ from inferwatch.audit import encoding as enc
 from inferwatch.audit.privacy import PrivacyPolicy
 from inferwatch.audit.records import PredictionRecord
 from inferwatch.audit.writer import PostgresAuditWriter
-from tests.fixtures.pg import create_audit_db, start_cluster
+from stack.postgres import create_audit_db, random_passwords, throwaway_cluster
 
 FEATURES = [f"feature_{i:02d}" for i in range(20)]
 
@@ -199,9 +199,10 @@ def main() -> None:
     ap.add_argument("--insert-rows", type=int, default=5_000, help="rows for the per-row INSERT")
     args = ap.parse_args()
 
-    cluster = start_cluster()
+    cluster = throwaway_cluster()
+    passwords = random_passwords()
     try:
-        db = create_audit_db(cluster, "inferwatch_bench")
+        db = create_audit_db(cluster, "inferwatch_bench", passwords)
         with psycopg.connect(db.admin_dsn) as conn:
             pg = conn.execute("SHOW server_version").fetchone()
         print(f"machine: {machine()}; Postgres {pg[0] if pg else '?'} on loopback (fsync on)")
@@ -217,7 +218,7 @@ def main() -> None:
                 db.writer_dsn, make_records(args.rows // 2, 2), Path(tmp) / "r"
             )
         insert_rps, insert_p50 = bench_insert(db.writer_dsn, make_records(args.insert_rows, 3))
-        fresh = create_audit_db(cluster, "inferwatch_bench_ceiling")
+        fresh = create_audit_db(cluster, "inferwatch_bench_ceiling", passwords)
         ceiling_rps = bench_ceiling(fresh.writer_dsn, make_records(args.rows, 4))
     finally:
         cluster.destroy()

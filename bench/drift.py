@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python bench/drift.py --rows 1000000 10000000
 
-Starts a throwaway Postgres cluster (tests/fixtures/pg.py), applies the migrations,
+Starts a throwaway Postgres cluster (stack/postgres.py), applies the migrations,
 fills ``predictions`` with N rows generated inside Postgres (INSERT ... SELECT from
 generate_series, realistic JSONB payloads of the 16 card-fraud features), then runs
 the drift query over the whole window as the analyst role: one cold run (right
@@ -27,7 +27,7 @@ import psycopg
 from inferwatch.analysis import drift, store
 from inferwatch.inference import data
 from inferwatch.inference.training import card_fraud_schema, reference_profile
-from tests.fixtures.pg import create_audit_db, start_cluster
+from stack.postgres import create_audit_db, random_passwords, throwaway_cluster
 
 # Realistic payloads generated in SQL (Box-Muller for normals; same shapes as data.py),
 # time-ordered UUIDv7-style ids and distinct trace ids as the service writes them (all-equal
@@ -108,10 +108,10 @@ def main() -> None:
     args = ap.parse_args()
     cols, _ = data.generate_arrays(50_000, seed=7)
     refs = drift.parse_profile(reference_profile(card_fraud_schema(), cols))
-    cluster = start_cluster()
+    cluster = throwaway_cluster()
     print(machine())
     try:
-        db = create_audit_db(cluster, "bench")
+        db = create_audit_db(cluster, "bench", random_passwords())
         with psycopg.connect(db.admin_dsn) as conn:
             print(conn.execute("SELECT version()").fetchone()[0])  # type: ignore[index]
             settings = conn.execute(

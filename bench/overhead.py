@@ -56,7 +56,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -75,15 +74,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from stack.launch import (  # noqa: E402  (after the path fix, for `python bench/overhead.py`)
-    Options,
-    Ports,
-    Stack,
+from stack.launch import Options, Ports, Stack  # noqa: E402  (after the path fix above)
+from stack.procs import (  # noqa: E402
+    PollTimeout,
     find_binary,
+    free_ports,
     http_ok,
     pid_alive,
+    poll,
+    spawn,
     terminate,
-    wait_for,
 )
 
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -221,12 +221,6 @@ class Result:
 # --- helpers ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def proc_cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15), all threads
@@ -262,20 +256,24 @@ def other_load(own_pids: list[int], seconds: float = 1.0) -> float:
 
 
 def wait_quiet(own_pids: list[int], limit: float, timeout_s: float) -> float:
-    """Wait (up to timeout_s) until other processes use less than `limit` cores."""
-    end = time.monotonic() + timeout_s
-    load = other_load(own_pids)
-    announced = False
-    while load >= limit and time.monotonic() < end:
-        if not announced:
-            print(
-                f"[overhead] other processes keep {load:.2f} cores busy; waiting up to "
-                f"{timeout_s:.0f} s for < {limit:g}",
-                file=sys.stderr,
-            )
-            announced = True
-        load = other_load(own_pids, 2.0)
-    return load
+    """Wait (up to timeout_s) until other processes use less than `limit` cores; the last
+    load measured (still >= limit when the wait timed out)."""
+    loads = [other_load(own_pids)]
+    if loads[-1] < limit:
+        return loads[-1]
+    print(
+        f"[overhead] other processes keep {loads[-1]:.2f} cores busy; waiting up to "
+        f"{timeout_s:.0f} s for < {limit:g}",
+        file=sys.stderr,
+    )
+
+    def quiet() -> bool:
+        loads.append(other_load(own_pids, 2.0))  # itself a 2 s measurement: no extra pause
+        return loads[-1] < limit
+
+    with contextlib.suppress(PollTimeout):
+        poll(quiet, timeout_s, "other processes to go quiet", interval_s=0)
+    return loads[-1]
 
 
 def inference_histogram(server: Server) -> tuple[float, float] | None:
@@ -354,7 +352,7 @@ class Server:
         self, variant: Variant, work: Path, model_dir: Path, model_path: Path, stack: Stack
     ) -> None:
         self.variant = variant
-        self.port = free_port()
+        (self.port,) = free_ports(1)
         self.log = work / f"{variant.name}.log"
         self.spool = work / f"spool-{variant.name}"
         env = {
@@ -381,29 +379,21 @@ class Server:
                 }
             )
             if variant.otlp == "closed":
-                env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
+                env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{free_ports(1)[0]}"
             elif variant.otlp == "off":
                 env["INFERWATCH_OTLP_ENABLED"] = "false"
             env.update(variant.env)
             self.ready_url = f"http://127.0.0.1:{self.port}/readyz"
         self.url = f"http://127.0.0.1:{self.port}/v1/predict"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                ["taskset", "-c", SERVER_CPU, *argv],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self.log.unlink(missing_ok=True)  # this round's lines only (log_warnings)
+        self.proc = spawn(["taskset", "-c", SERVER_CPU, *argv], env=env, cwd=ROOT, log=self.log)
         self.pid = self.proc.pid  # taskset execs the server: same pid
-        wait_for(
+        poll(
             lambda: http_ok(self.ready_url),
             120,
-            variant.name,
-            lambda: pid_alive(self.pid),
-            self.log,
+            f"{variant.name} to become ready",
+            alive=lambda: pid_alive(self.pid),
+            log=self.log,
         )
 
     def check_one(self, body: bytes) -> dict[str, Any]:
@@ -1032,8 +1022,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 if fixed_rate < 0 and variant.kind == "bare":
                     at32 = [r for r in results if r.variant == "bare" and r.concurrency == 32]
-                    # 30%: at 60% this host's hiccups (other VMs, disk) put P99 of every
-                    # variant, bare's too, anywhere between 4 and 90 ms from round to round
+                    # 30%: at twice that rate this host's hiccups (other VMs, disk) scattered
+                    # the P99 of every variant, bare's too, from round to round
                     fixed_rate = round(0.3 * at32[0].rps, -1) if at32 else 230.0
                 if fixed_rate > 0:
                     f = run_fixed_rate(

@@ -22,14 +22,9 @@ from inferwatch.app import create_app
 from inferwatch.audit.sink import InMemoryAuditSink
 from inferwatch.inference.loading import LoadedModel
 from inferwatch.settings import Settings
+from stack.procs import free_ports
 
 REQUESTS = 300
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -91,6 +86,7 @@ def p(xs: list[float], q: float) -> float:
     return sorted(xs)[int(q * (len(xs) - 1))]
 
 
+@pytest.mark.slow  # latency compared with wall-clock timings
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 @pytest.mark.parametrize("collector", ["closed", "hanging"])
 def test_collector_faults_do_not_touch_requests(
@@ -101,7 +97,7 @@ def test_collector_faults_do_not_touch_requests(
     protocol: str,
     collector: str,
 ) -> None:
-    port = closed_port() if collector == "closed" else blackhole
+    port = free_ports(1)[0] if collector == "closed" else blackhole
     scheme_port = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", scheme_port)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from inferwatch.inference.loading import LoadedModel
 from inferwatch.inference.schema import FeatureSpec
-from tests.api.conftest import Harness
+from tests.fixtures.api import Harness
 
 json_scalars = st.one_of(
     st.none(),

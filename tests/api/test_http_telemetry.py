@@ -24,7 +24,7 @@ from inferwatch.audit.sink import InMemoryAuditSink
 from inferwatch.inference.loading import LoadedModel
 from inferwatch.settings import Settings
 from inferwatch.telemetry import instruments as names
-from tests.api.conftest import DrainedSpans, Harness, make_harness
+from tests.fixtures.api import DrainedSpans, Harness, make_harness
 
 boom = APIRouter()
 

@@ -7,25 +7,12 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics.export import (
     ExponentialHistogramDataPoint,
-    MetricsData,
     NumberDataPoint,
 )
 from opentelemetry.trace import SpanKind
 
 from inferwatch.telemetry import instruments as names
-from tests.api.conftest import Harness
-
-
-def points(data: MetricsData | None, metric_name: str) -> list[Any]:
-    assert data is not None
-    return [
-        p
-        for rm in data.resource_metrics
-        for sm in rm.scope_metrics
-        for m in sm.metrics
-        if m.name == metric_name
-        for p in m.data.data_points
-    ]
+from tests.fixtures.api import Harness, make_harness, points
 
 
 def test_one_prediction_is_one_span_one_sample_one_exemplar_one_audit_row(
@@ -204,8 +191,6 @@ def test_readyz_is_503_after_shutdown_begins(harness: Harness) -> None:
 
 
 def test_shutdown_closes_the_audit_sink(small_model: Any) -> None:
-    from tests.api.conftest import make_harness
-
     gen = make_harness(small_model)
     h = next(gen)
     assert h.audit.started

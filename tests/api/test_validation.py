@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 
 from inferwatch.telemetry import instruments as names
-from tests.api.conftest import Harness
-from tests.api.test_predict import points
+from tests.fixtures.api import Harness, points
 
 
 def fields(resp: Any) -> dict[str, str]:

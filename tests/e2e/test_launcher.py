@@ -5,7 +5,6 @@ feeds the same recording rules."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 import time
 import uuid
@@ -16,12 +15,14 @@ import pytest
 
 from inferwatch.inference.data import generate_transactions
 from inferwatch.telemetry import instruments as names
-from stack.launch import ROOT, LaunchError, Options, Ports, Stack, pid_alive
-from tests.e2e.conftest import Prom, poll, require_stack_binaries
+from stack.launch import COMPONENTS, Options, Ports, Stack
+from stack.procs import ROOT, LaunchError, pid_alive, poll
+from tests.fixtures.stack import Prom, running_stack
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
+@pytest.mark.slow  # a wall-clock bound: no hang
 def test_port_in_use_is_a_clear_error_not_a_hang() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -39,24 +40,13 @@ def test_port_in_use_is_a_clear_error_not_a_hang() -> None:
     stack.purge()
 
 
+NO_COLLECTOR = Options(collector=False, service_env={"INFERWATCH_ENVIRONMENT": "test"})
+
+
 @pytest.fixture(scope="module")
 def scrape_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
-    require_stack_binaries()
-    failed_before = request.session.testsfailed
-    st = Stack(
-        ROOT / "run" / f"e2e-nocol-{uuid.uuid4().hex[:8]}",
-        Ports.free(),
-        Options(collector=False, service_env={"INFERWATCH_ENVIRONMENT": "test"}),
-    )
-    try:
-        st.up()
+    with running_stack(request, "e2e-nocol", NO_COLLECTOR) as st:
         yield st
-    finally:
-        st.down()
-        if request.session.testsfailed == failed_before and (
-            os.environ.get("INFERWATCH_KEEP_RUN") != "1"
-        ):
-            st.purge()
 
 
 @pytest.mark.slow
@@ -81,15 +71,17 @@ def test_no_collector_path_feeds_the_same_rules(scrape_stack: Stack) -> None:
     assert prom.query('up{job="otelcol"}') == []  # no collector in this stack
 
 
-def test_down_leaves_no_process(scrape_stack: Stack) -> None:
-    pids = {s.name: s.pid for s in scrape_stack.status() if s.running}
-    assert set(pids) == {"postgres", "prometheus", "service"}
-    scrape_stack.down()
-    for name, pid in pids.items():
-        assert pid is not None
+def test_down_leaves_no_process(request: pytest.FixtureRequest) -> None:
+    options = Options(collector=True, service_env={"INFERWATCH_ENVIRONMENT": "test"})
+    with running_stack(request, "e2e-down", options) as st:  # its own: `down` ends it
+        pids = {s.name: s.pid for s in st.status() if s.running}
+        assert set(pids) == set(COMPONENTS)
+        st.down()
+        for name, pid in pids.items():
+            assert pid is not None
 
-        def gone(p: int = pid) -> bool:
-            return not pid_alive(p)
+            def gone(p: int = pid) -> bool:
+                return not pid_alive(p)
 
-        poll(gone, 10, f"{name} (pid {pid}) gone")
-    assert not any(s.running for s in scrape_stack.status())
+            poll(gone, 10, f"{name} (pid {pid}) gone")
+        assert not any(s.running for s in st.status())

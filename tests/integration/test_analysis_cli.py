@@ -7,7 +7,6 @@ writer; the drift command reads the window back as the analyst role.
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,8 @@ from inferwatch.audit.writer import PostgresAuditWriter
 from inferwatch.inference.loading import LoadedModel, load_model
 from inferwatch.inference.training import train_model
 from inferwatch.settings import Settings
-from tests.fixtures.pg import AuditDb
+from stack.postgres import AuditDb
+from stack.procs import poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,8 +58,13 @@ def stream(
             LoadConfig(rate=2_000, duration_s=0.6, label_fraction=0.5, label_delay_s=0.0, seed=3),
             client=client, check_host=False, clock=(c := VirtualClock()), sleep=c.sleep,
         )  # fmt: skip
-        time.sleep(0.01)
-        marks["t1"] = datetime.now(UTC)
+        clean_end = datetime.now(UTC)  # no clean row is stamped later than this
+
+        def after_clean() -> datetime | None:
+            now = datetime.now(UTC)
+            return now if now > clean_end else None
+
+        marks["t1"] = poll(after_clean, 5, "a timestamp later than every clean row")
         shifted = run_load(
             LoadConfig(rate=2_000, duration_s=0.6, drift_after_s=0.0, label_fraction=0.5,
                        label_delay_s=0.0, seed=4),

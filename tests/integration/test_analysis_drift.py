@@ -7,15 +7,12 @@ would store them; the analysis runs as the analyst role.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
-from psycopg.types.json import Jsonb
 from sklearn.metrics import (
     brier_score_loss,
     confusion_matrix,
@@ -28,45 +25,12 @@ from inferwatch.analysis import drift, store
 from inferwatch.analysis.quality import quality_from_counts
 from inferwatch.inference import data
 from inferwatch.inference.training import card_fraud_schema, reference_profile
-from tests.fixtures.pg import AuditDb
+from stack.postgres import AuditDb
+from tests.fixtures.audit import insert_predictions
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
-
-
-def insert_predictions(
-    dsn: str,
-    rows: Sequence[dict[str, Any]],
-    *,
-    model_version: str,
-    start: datetime,
-    probabilities: Sequence[float] | None = None,
-    entity_prefix: str | None = None,
-    threshold: float = 0.5,
-) -> list[uuid.UUID]:
-    ids = [uuid.uuid4() for _ in rows]
-    probs = probabilities if probabilities is not None else [0.01] * len(rows)
-    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO predictions (prediction_id, ts, model_name, model_version, entity_type,"
-            " entity_id, features, prediction, probability, latency_s, trace_id, span_id)"
-            " VALUES (%s, %s, 'card-fraud', %s, %s, %s, %s, %s, %s, 0.0001, '', '')",
-            [
-                (
-                    ids[i],
-                    start + timedelta(milliseconds=i),
-                    model_version,
-                    "txn" if entity_prefix else None,
-                    f"{entity_prefix}-{i}" if entity_prefix else None,
-                    Jsonb(row),
-                    int(probs[i] >= threshold),
-                    float(probs[i]),
-                )
-                for i, row in enumerate(rows)
-            ],
-        )
-    return ids
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from inferwatch.inference.metadata import ModelMetadata
 from inferwatch.inference.training import card_fraud_schema, reference_profile
 from inferwatch.telemetry import instruments as names
 from inferwatch.telemetry.instruments import DRIFT_DATASET, DRIFT_STATISTIC
-from tests.fixtures.pg import AuditDb
-from tests.integration.test_analysis_drift import insert_predictions
+from stack.postgres import AuditDb
+from tests.fixtures.audit import insert_predictions
 
 pytestmark = pytest.mark.integration
 

@@ -1,22 +1,18 @@
 """The analysis job's gauges reach a real Prometheus under the names our alert rules use.
 
 Starts the pinned Prometheus (``${INFERWATCH_CACHE:-.stack}/bin/prometheus``, from
-stack/install.sh) with its OTLP receiver and the same translation strategy as
-prometheus/prometheus.yml, pushes one export of the job's gauges over OTLP/HTTP, and
-checks every metric name of prometheus/rules/analysis.yml exists. Missing binary: a
-skip, except in CI (CI=true), where it fails.
+stack/install.sh) as the launcher does (stack/launch.py: prometheus/prometheus.yml, its
+OTLP receiver), pushes one export of the job's gauges over OTLP/HTTP, and checks every
+metric name of prometheus/rules/analysis.yml exists. Missing binary: a skip, except in
+CI (CI=true), where it fails.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
@@ -31,19 +27,13 @@ from inferwatch.analysis.runner import AnalysisResult
 from inferwatch.inference.metadata import ModelMetadata
 from inferwatch.inference.training import card_fraud_schema
 from inferwatch.telemetry import instruments as names
+from stack.launch import Options, Ports, Stack
+from stack.procs import CACHE, ROOT, PollTimeout, poll
 from tests.fixtures.components import component_missing
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("INFERWATCH_CACHE", ROOT / ".stack"))
 RULES = ROOT / "prometheus" / "rules" / "analysis.yml"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -51,33 +41,12 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = CACHE / "bin" / "prometheus"
     if not binary.exists():
         component_missing(f"{binary} missing (run stack/install.sh)")
-    work = tmp_path_factory.mktemp("prom")
-    (work / "prometheus.yml").write_text(
-        "global: {scrape_interval: 5s}\n"
-        "otlp: {translation_strategy: UnderscoreEscapingWithSuffixes}\n"
-    )
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(binary), f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work}",
-         f"--web.listen-address=127.0.0.1:{port}", "--web.enable-otlp-receiver"],
-        stdout=subprocess.DEVNULL, stderr=(work / "log").open("w"),
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    stack = Stack(tmp_path_factory.mktemp("stack"), Ports.free(), Options(collector=False))
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("prometheus did not become ready: " + (work / "log").read_text()[-2000:])
-        yield url
+        stack.start_prometheus()
+        yield stack.prometheus_url
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stack.stop("prometheus")
 
 
 def _result() -> tuple[ModelMetadata, AnalysisResult]:
@@ -119,13 +88,15 @@ def test_rule_metric_names_exist_in_prometheus(prometheus: str) -> None:
         names.prometheus_name(n)
         for n in (names.DRIFT_PSI, names.DRIFT_STATISTIC, names.DRIFT_DATASET)
     }
-    deadline = time.monotonic() + 20
     present: set[str] = set()
-    while time.monotonic() < deadline:
-        present = set(httpx.get(f"{prometheus}/api/v1/label/__name__/values").json()["data"])
-        if used <= present:
-            break
-        time.sleep(0.5)
+
+    def complete() -> bool:
+        present.clear()
+        present.update(httpx.get(f"{prometheus}/api/v1/label/__name__/values").json()["data"])
+        return used <= present
+
+    with contextlib.suppress(PollTimeout):
+        poll(complete, 20, "every name the rules use", interval_s=0.5)
     assert sorted(used - present) == [], f"present: {sorted(present)}"
     q = httpx.get(f"{prometheus}/api/v1/query",
                   params={"query": names.prometheus_name(names.DRIFT_DETECTED)}).json()  # fmt: skip

@@ -21,7 +21,7 @@ from inferwatch.inference.data import generate_transactions
 from inferwatch.inference.loading import LoadedModel, load_model
 from inferwatch.inference.training import train_model
 from inferwatch.settings import Settings
-from tests.fixtures.pg import AuditDb
+from stack.postgres import AuditDb
 
 with warnings.catch_warnings():  # starlette 1.x deprecates httpx for its TestClient
     warnings.filterwarnings("ignore", message=".*httpx.*", category=UserWarning)

@@ -19,8 +19,10 @@ from uuid import UUID
 import pytest
 
 from inferwatch.telemetry import instruments as names
-from tests.fixtures.pg import AuditDb, PgCluster, create_audit_db, start_cluster, wait_until
-from tests.integration.audit_helpers import Metrics, count_ids, make_prediction, running_writer
+from stack.postgres import AuditDb, PgCluster
+from stack.procs import poll
+from tests.fixtures.audit import Metrics, count_ids, make_prediction, running_writer
+from tests.fixtures.pg import make_audit_db, start_test_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -29,9 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def outage_db(pg_cluster: PgCluster) -> Iterator[AuditDb]:
     """A second cluster that these tests stop and start (pg_cluster proves binaries exist)."""
-    cluster = start_cluster()
+    cluster = start_test_cluster()
     try:
-        yield create_audit_db(cluster, "inferwatch_faults")
+        yield make_audit_db(cluster, "inferwatch_faults")
     finally:
         cluster.destroy()
 
@@ -57,17 +59,17 @@ def test_postgres_stopped_under_load_loses_and_duplicates_nothing(
                 submitted = i + 1
                 ahead = (i + 1) / rate - (time.perf_counter() - t0)
                 if ahead > 0:
-                    time.sleep(ahead)
+                    time.sleep(ahead)  # not synchronisation: paces the load at `rate`
 
         producer = threading.Thread(target=produce)
         producer.start()
-        assert wait_until(lambda: submitted >= 1_500, 30)
+        poll(lambda: submitted >= 1_500, 30, "1500 records submitted")
         outage_db.cluster.stop("fast")
-        assert wait_until(lambda: submitted >= 4_500, 30)
+        poll(lambda: submitted >= 4_500, 30, "4500 records submitted")
         assert w.spool.pending_records > 0  # the outage really sent records to the spool
         outage_db.cluster.start()
         producer.join(30)
-        assert wait_until(lambda: w.queue_depth == 0 and w.spool.pending_records == 0, 60)
+        poll(lambda: w.queue_depth == 0 and w.spool.pending_records == 0, 60, "drained")
     rows, distinct = count_ids(outage_db.admin_dsn, [r.prediction_id for r in recs])
     v = metrics.values()
     print(
@@ -94,7 +96,11 @@ def test_sigkill_with_spooled_records_replays_all_once(outage_db: AuditDb, tmp_p
     try:
         assert child.stdout is not None
         assert child.stdin is not None
-        assert child.stdout.readline().strip() == "WRITTEN"
+        assert child.stdout.readline().strip() == "SUBMITTED"
+        written = [UUID(line) for line in ids_file.read_text().split()]
+        assert len(written) == n_written
+        want = (n_written, n_written)
+        poll(lambda: count_ids(outage_db.admin_dsn, written) == want, 60, "phase 1 committed")
         outage_db.cluster.stop("fast")
         child.stdin.write("go\n")
         child.stdin.flush()
@@ -105,7 +111,7 @@ def test_sigkill_with_spooled_records_replays_all_once(outage_db: AuditDb, tmp_p
         if child.poll() is None:
             child.kill()
             child.wait()
-        if not outage_db.cluster.data_dir.joinpath("postmaster.pid").exists():
+        if not outage_db.cluster.running:
             outage_db.cluster.start()
     ids = [UUID(line) for line in ids_file.read_text().split()]
     assert len(ids) == n_written + n_spooled
@@ -113,7 +119,7 @@ def test_sigkill_with_spooled_records_replays_all_once(outage_db: AuditDb, tmp_p
     metrics = Metrics()
     with running_writer(outage_db.writer_dsn, spool_dir, metrics) as w:
         assert w.spool.pending_records == n_spooled  # what the killed process left
-        assert wait_until(lambda: w.spool.pending_records == 0, 60)
+        poll(lambda: w.spool.pending_records == 0, 60, "the spool replayed")
     rows, distinct = count_ids(outage_db.admin_dsn, ids)
     v = metrics.values()
     print(

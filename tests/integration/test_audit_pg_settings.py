@@ -8,8 +8,8 @@ import psycopg
 import pytest
 import yaml
 
-from stack.launch import PG_AUDIT_SETTINGS, ROOT
-from tests.fixtures.pg import AuditDb
+from stack.postgres import PG_AUDIT_SETTINGS, AuditDb
+from stack.procs import ROOT
 
 pytestmark = pytest.mark.integration
 

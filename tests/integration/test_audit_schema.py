@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from inferwatch.audit import migrate as mig
 from inferwatch.audit.cli import db_app
-from tests.fixtures.pg import AuditDb
-from tests.integration.audit_helpers import new_id
+from stack.postgres import AuditDb
+from tests.fixtures.audit import new_id
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,9 @@ from inferwatch.audit.records import OutcomeRecord
 from inferwatch.audit.sink import AuditSink
 from inferwatch.audit.spool import Spool
 from inferwatch.telemetry import instruments as names
-from tests.fixtures.pg import AuditDb, wait_until
-from tests.integration.audit_helpers import (
+from stack.postgres import AuditDb
+from stack.procs import poll
+from tests.fixtures.audit import (
     Metrics,
     count_ids,
     make_prediction,
@@ -110,12 +111,12 @@ def test_privacy_policy_applies_before_write_and_spool(audit_db: AuditDb, tmp_pa
     # spool-only first: the spooled bytes must not hold the raw values
     with running_writer(None, tmp_path, policy=policy) as w:
         w.submit(rec)
-        assert wait_until(lambda: w.spool.pending_records == 1, 10)
+        poll(lambda: w.spool.pending_records == 1, 10, "the record in the spool")
     spooled = b"".join(p.read_bytes() for p in tmp_path.rglob("seg-*.log"))
     assert b"grocery" not in spooled
     assert b'"f00"' not in spooled
     with running_writer(audit_db.writer_dsn, tmp_path, policy=policy) as w:
-        assert wait_until(lambda: w.spool.pending_records == 0, 20)
+        poll(lambda: w.spool.pending_records == 0, 20, "the spool replayed")
     features = _rows(audit_db, [rec.prediction_id])[rec.prediction_id][6]
     assert isinstance(features, dict)
     assert "f00" not in features
@@ -208,7 +209,7 @@ def test_full_queue_spills_to_spool_not_the_floor(audit_db: AuditDb, tmp_path: P
     assert w.spool.pending_records == 490
     w.spool.close()
     w.start()
-    assert wait_until(lambda: w.spool.pending_records == 0 and w.queue_depth == 0, 30)
+    poll(lambda: w.spool.pending_records == 0 and w.queue_depth == 0, 30, "spool and queue empty")
     w.close(10)
     assert count_ids(audit_db.admin_dsn, [r.prediction_id for r in recs]) == (500, 500)
     v = metrics.values()
@@ -230,7 +231,7 @@ def test_unwritable_spool_counts_and_logs_each_drop(
     with caplog.at_level(logging.ERROR), running_writer(None, tmp_path, metrics) as w:
         for r in recs:
             w.submit(r)
-        assert wait_until(lambda: metrics.values().get(names.AUDIT_DROPPED, 0) == 7, 10)
+        poll(lambda: metrics.values().get(names.AUDIT_DROPPED, 0) == 7, 10, "7 drops counted")
     for r in recs:
         assert str(r.prediction_id) in caplog.text
 
@@ -240,7 +241,7 @@ def test_replays_are_idempotent(audit_db: AuditDb, tmp_path: Path) -> None:
     with running_writer(None, tmp_path / "a") as w:  # spool-only
         for r in recs:
             w.submit(r)
-        assert wait_until(lambda: w.spool.pending_records == len(recs), 10)
+        poll(lambda: w.spool.pending_records == len(recs), 10, "every record spooled")
     # the same spool replayed twice (as after a crash between commit and delete),
     # and half of the records already stored by a first, direct write
     shutil.copytree(tmp_path / "a", tmp_path / "b")
@@ -249,7 +250,7 @@ def test_replays_are_idempotent(audit_db: AuditDb, tmp_path: Path) -> None:
             w.submit(r)
     for d in ("a", "b"):
         with running_writer(audit_db.writer_dsn, tmp_path / d) as w:
-            assert wait_until(lambda w=w: w.spool.pending_records == 0, 30)  # type: ignore[misc]
+            poll(lambda w=w: w.spool.pending_records == 0, 30, f"spool {d} replayed")  # type: ignore[misc]
     assert count_ids(audit_db.admin_dsn, [r.prediction_id for r in recs]) == (1000, 1000)
 
 

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from stack.launch import CACHE, ROOT, read_env_file
+from stack.launch import read_env_file
+from stack.procs import CACHE, ROOT
 from tests.fixtures.components import component_missing
 
 VERSIONS = read_env_file(ROOT / "stack" / "versions.env")
@@ -55,6 +56,7 @@ def component_types(config: dict[str, Any]) -> dict[str, set[str]]:
     }
 
 
+@pytest.mark.integration
 def test_collector_has_every_component_the_configs_use() -> None:
     out = yaml.safe_load(run(binary("otelcol-inferwatch"), "components"))
     built = {
@@ -74,6 +76,7 @@ def test_collector_has_every_component_the_configs_use() -> None:
     assert out["buildinfo"]["version"] == VERSIONS["OTELCOL_VERSION"]
 
 
+@pytest.mark.integration
 def test_collector_accepts_native_and_compose_configs() -> None:
     otelcol = binary("otelcol-inferwatch")
     run(otelcol, "validate", f"--config={COLLECTOR_CONFIGS[0]}")
@@ -93,6 +96,7 @@ def test_manifest_pins_one_release() -> None:
         assert entry["gomod"].endswith(f" v{providers}"), entry
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["prometheus", "promtool"])
 def test_prometheus_is_the_pinned_release(name: str) -> None:
     out = run(binary(name), "--version")

@@ -26,7 +26,7 @@ from inferwatch.inference import data
 from inferwatch.inference.loading import LoadedModel, load_model
 from inferwatch.inference.training import train_model
 from inferwatch.settings import Settings
-from tests.fixtures.pg import AuditDb
+from stack.postgres import AuditDb
 
 pytestmark = pytest.mark.integration
 

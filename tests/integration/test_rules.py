@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stack.launch import CACHE, ROOT
+from stack.procs import CACHE, ROOT
 from tests.fixtures.components import component_missing
 
 PROM = ROOT / "prometheus"
@@ -51,6 +51,7 @@ def test_generated_files_match_slo_yml() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("layout", ["native", "compose"])
 def test_promtool_check_config(layout: str, tmp_path: Path) -> None:
     """prometheus.yml as each stack lays it out: symlinked beside rules/ and targets/."""
@@ -70,11 +71,13 @@ def test_promtool_check_config(layout: str, tmp_path: Path) -> None:
     assert "WARNING" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
+@pytest.mark.integration
 def test_promtool_check_rules() -> None:
     proc = run(promtool(), "check", "rules", *RULE_FILES)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("test_file", TEST_FILES, ids=lambda p: p.name)
 def test_promtool_unit_tests(test_file: Path) -> None:
     proc = run(promtool(), "test", "rules", test_file, cwd=test_file.parent)
