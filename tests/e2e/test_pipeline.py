@@ -124,7 +124,8 @@ def test_histogram_count_reaches_exactly_n(
         f"histogram count == {served}",
     )
     inst = _current_instance(prom, model_version)
-    preds = f'sum({names.prometheus_name(names.PREDICTIONS)}{{model_version="{model_version}",instance="{inst}"}})'
+    predictions = names.prometheus_name(names.PREDICTIONS)
+    preds = f'sum({predictions}{{model_version="{model_version}",instance="{inst}"}})'
     poll(lambda: prom.scalar(preds) == served, 30, f"predictions counter == {served}")
 
 
