@@ -139,7 +139,7 @@ def test_drift_cli_usage_errors(audit_db: AuditDb, model_dir: Path, tmp_path: Pa
     r = _drift(audit_db, model_dir, now, now, tmp_path)
     assert r.exit_code == 2
     args = ["drift", "--model-version", "cli-1", "--since", "-1h", "--metadata", str(model_dir)]
-    r = CliRunner().invoke(_app(), args, env={cli.DSN_ENV: ""})
+    r = CliRunner().invoke(_app(), args, env={"INFERWATCH_ANALYST_DATABASE_URL": ""})
     assert r.exit_code == 2
 
 
