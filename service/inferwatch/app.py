@@ -3,7 +3,7 @@
 ``create_app(settings)`` builds the FastAPI app; its lifespan (once per process)
 loads the model, builds the telemetry providers, wires the single HTTP
 instrumentation, starts the audit writer, opens the analysts' monitoring pool, and
-puts them all in the one :class:`Runtime` that routes reach through ``api/deps.py``;
+puts them all in the one :class:`Runtime` that routes reach through ``inferwatch.api.deps``;
 on shutdown it closes the pool and flushes the writer and the telemetry within
 bounded deadlines. Tests inject an in-memory span processor, metric reader, audit sink
 and a small model.
@@ -166,7 +166,7 @@ def create_app(
             span_finisher=http.deferred,
             monitoring=store,
         )
-        app.state.runtime = runtime  # read only by api/deps.py
+        app.state.runtime = runtime  # read only by inferwatch.api.deps
         _install_openapi(app, runtime)
         log.info(
             "serving model %s version %s (instance %s)",

@@ -7,7 +7,7 @@ audit record is handed to the sink, which never blocks.
 
 A model call that raises is a server fault, never the client's: its duration is
 recorded with ``outcome="error"``, no prediction is counted, no audit record made, and
-the catch-all handler answers 500 in the error shape (``api/errors.py``).
+the catch-all handler answers 500 in the error shape (``inferwatch.api.errors``).
 """
 
 from __future__ import annotations
