@@ -2,9 +2,13 @@
 
 ``create_app(settings)`` builds the FastAPI app; its lifespan (once per process)
 loads the model, builds the telemetry providers, wires the single HTTP
-instrumentation, starts the audit writer, and on shutdown flushes the writer and
-the telemetry within bounded deadlines. Tests inject an in-memory span processor,
-metric reader, audit sink and a small model.
+instrumentation, starts the audit writer, opens the analysts' monitoring pool, and
+puts them all in the one :class:`Runtime` that routes reach through ``inferwatch.api.deps``;
+on shutdown it closes the pool and flushes the writer and the telemetry within
+bounded deadlines. Tests inject an in-memory span processor, metric reader, audit sink
+and a small model.
+
+Must never: write the process environment, or make start-up wait for a database.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Mapping, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,6 +27,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from threadpoolctl import threadpool_limits
 
 from inferwatch import __version__
+from inferwatch.analysis.monitoring import MonitoringStore
 from inferwatch.api.errors import install_error_handlers
 from inferwatch.api.routes import feedback, health, monitoring, predict
 from inferwatch.api.routes import model as model_routes
@@ -88,7 +93,9 @@ def _wire_http_instrumentation(
     elif mode == HttpInstrumentation.OTEL_CONTRIB:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-        os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+        warning = contrib_semconv_warning(os.environ)
+        if warning is not None:
+            log.warning("%s", warning)
         FastAPIInstrumentor.instrument_app(
             app,
             tracer_provider=telemetry.tracer_provider,
@@ -98,6 +105,23 @@ def _wire_http_instrumentation(
         app.middleware_stack = app.build_middleware_stack()
 
 
+def contrib_semconv_warning(environ: Mapping[str, str]) -> str | None:
+    """Why ``otel-contrib`` mode would not emit the HTTP names the rules read, or None.
+
+    The contrib instrumentation picks its HTTP semantic conventions from
+    ``OTEL_SEMCONV_STABILITY_OPT_IN`` alone (no public API sets it), read once per
+    process; the service never writes the environment, so the operator sets it.
+    """
+    opt_in = {part.strip() for part in environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "").split(",")}
+    if opt_in & {"http", "http/dup"}:
+        return None
+    return (
+        "INFERWATCH_HTTP_INSTRUMENTATION=otel-contrib without OTEL_SEMCONV_STABILITY_OPT_IN=http: "
+        "the contrib instrumentation emits the old HTTP conventions (http.server.duration in "
+        "ms), not http.server.request.duration, which the error-budget rules read"
+    )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -105,8 +129,6 @@ def create_app(
     audit_sink: AuditSink | None = None,
     span_processors: Sequence[SpanProcessor] | None = None,
     metric_readers: Sequence[MetricReader] | None = None,
-    extra_routers: Sequence[Any] = (),
-    on_runtime: Callable[[Runtime], None] | None = None,
 ) -> FastAPI:
     """Build the app. Nothing is loaded or started until the lifespan runs."""
     settings = settings or Settings()
@@ -132,6 +154,10 @@ def create_app(
         instruments = ServiceInstruments.create(meter)
         if telemetry.deferred is not None:
             instruments = instruments.deferred(telemetry.deferred)
+        analyst_dsn = settings.analyst_database_url  # unset or empty: /v1/monitoring/* 503
+        store = MonitoringStore(analyst_dsn.get_secret_value()) if analyst_dsn else None
+        if store is not None:
+            store.open()  # connects nothing yet: start-up never waits for Postgres
         runtime = Runtime(
             settings=settings,
             predictor=Predictor(loaded),
@@ -140,13 +166,10 @@ def create_app(
             instruments=instruments,
             audit=sink,
             span_finisher=http.deferred,
+            monitoring=store,
         )
-        app.state.runtime = runtime
-        app.state.model = loaded
-        app.state.audit_sink = sink
+        app.state.runtime = runtime  # read only by inferwatch.api.deps
         _install_openapi(app, runtime)
-        if on_runtime is not None:
-            on_runtime(runtime)
         log.info(
             "serving model %s version %s (instance %s)",
             loaded.metadata.name,
@@ -162,8 +185,7 @@ def create_app(
             yield
         finally:
             runtime.ready = False
-            store = getattr(app.state, "monitoring_store", None)
-            if store is not None:  # the analyst connection pool of /v1/monitoring/*
+            if store is not None:
                 store.close()
             try:
                 sink.close(settings.audit_shutdown_timeout_s)
@@ -189,7 +211,6 @@ def create_app(
             "exclude": _untraced,
         },
     )
-    app.state.settings = settings
     if settings.http_instrumentation == HttpInstrumentation.INFERWATCH:
         app.add_middleware(HttpServerTelemetry, instruments=http, untraced=UNTRACED_PATHS)
     install_error_handlers(app)
@@ -199,19 +220,6 @@ def create_app(
     app.include_router(model_routes.router)
     app.include_router(feedback.router)
     app.include_router(monitoring.router)
-    builtin = {
-        id(r)
-        for r in (
-            health.router,
-            predict.router,
-            model_routes.router,
-            feedback.router,
-            monitoring.router,
-        )
-    }
-    for router in extra_routers:
-        if id(router) not in builtin:
-            app.include_router(router)
     return app
 
 

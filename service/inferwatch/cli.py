@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from inferwatch.analysis import cli as analysis_cli
+from inferwatch.audit.cli import db_app
 from inferwatch.settings import Settings
 
 app = typer.Typer(
@@ -87,23 +89,9 @@ def serve(
     )
 
 
-def _register_optional() -> None:
-    """Subcommands owned by the audit and analysis packages."""
-    try:
-        from inferwatch.audit.cli import db_app
-    except ImportError:  # pragma: no cover - only while the package is incomplete
-        pass
-    else:
-        app.add_typer(db_app, name="db")
-    try:
-        from inferwatch.analysis import cli as analysis_cli
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        analysis_cli.register(app)
-
-
-_register_optional()
+# subcommands owned by the audit and analysis packages
+app.add_typer(db_app, name="db")
+analysis_cli.register(app)
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """One typed settings object for the service, read from ``INFERWATCH_*`` env vars.
 
-Built in the app factory (``create_app``) or the CLI, never at import time.
+Built in the app factory (``create_app``) or the CLI, never at import time; the CLI's
+options fall back to these fields, and nothing else reads ``INFERWATCH_*``.
 ``OTEL_*`` variables (exporter endpoint, protocol, export interval, ...) are left to
 the OpenTelemetry SDK, which reads them itself (README.md, "Configuration reference").
 
@@ -78,6 +79,17 @@ class Settings(BaseSettings):
     # per-feature privacy policy: feature -> keep | drop | hash
     audit_privacy: dict[str, Literal["keep", "drop", "hash"]] = Field(default_factory=dict)
     audit_hmac_key: SecretStr | None = None  # required when any feature is "hash"
+
+    # --- audit database maintenance (`inferwatch db ...`, never the service) --------
+    migrate_database_url: SecretStr | None = None  # owner DSN: `db migrate`, `db partitions`
+    admin_database_url: SecretStr | None = None  # a CREATEROLE DSN: `db roles`
+    # role passwords for `db roles`; unset or empty: refused
+    owner_password: SecretStr | None = None
+    writer_password: SecretStr | None = None
+    analyst_password: SecretStr | None = None
+    # the defaults of inferwatch.audit.migrate (a unit test keeps them equal)
+    audit_partition_days_ahead: int = Field(7, ge=0)
+    audit_retention_days: int = 90  # 0: keep every partition
 
     # --- analysts ----------------------------------------------------------------
     analyst_api_key: SecretStr | None = None  # None: monitoring endpoints answer 401

@@ -7,6 +7,9 @@ server errors (never client errors) and keeps metric attributes bounded.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from time import time_ns
 from typing import Any
@@ -19,7 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from inferwatch.app import create_app
+from inferwatch.app import contrib_semconv_warning, create_app
 from inferwatch.audit.sink import InMemoryAuditSink
 from inferwatch.inference.loading import LoadedModel
 from inferwatch.settings import Settings
@@ -45,8 +48,8 @@ def harness_with_boom(small_model: LoadedModel) -> Iterator[Harness]:
         audit_sink=audit,
         span_processors=[SimpleSpanProcessor(spans)],
         metric_readers=[reader],
-        extra_routers=[boom],
     )
+    app.include_router(boom)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Harness(client, DrainedSpans(spans, app), reader, audit, small_model)
 
@@ -202,3 +205,50 @@ def test_with_batching_off_the_span_ends_on_the_request(
         (span,) = h.spans.exporter.get_finished_spans()
         assert span.attributes is not None
         assert span.attributes[names.ATTR_PREDICTION_CLASS] in (0, 1)
+
+
+def test_otel_contrib_mode_warns_without_the_stable_http_opt_in() -> None:
+    opt_in = "OTEL_SEMCONV_STABILITY_OPT_IN"
+    for missing in ({}, {opt_in: ""}, {opt_in: "database"}, {opt_in: "https"}):
+        warning = contrib_semconv_warning(missing)
+        assert warning is not None
+        assert f"{opt_in}=http" in warning
+    for given in ("http", "http/dup", "database, http"):
+        assert contrib_semconv_warning({opt_in: given}) is None
+
+
+# In a child process: contrib's instrumentation reads the opt-in once per process.
+_CONTRIB_CHILD = """
+import logging, os, sys
+from pathlib import Path
+from fastapi.testclient import TestClient
+from inferwatch.app import create_app
+from inferwatch.audit.sink import InMemoryAuditSink
+from inferwatch.inference.loading import load_model
+from inferwatch.settings import Settings
+
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(message)s")
+app = create_app(
+    Settings(environment="test", otlp_enabled=False, http_instrumentation="otel-contrib"),
+    model=load_model(Path(sys.argv[1])), audit_sink=InMemoryAuditSink(), span_processors=[],
+)
+with TestClient(app) as client:
+    assert client.get("/readyz").status_code == 200
+print("opt-in:", os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN"))
+"""
+
+
+def test_otel_contrib_start_up_warns_and_never_writes_the_environment(
+    small_model: LoadedModel,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OTEL_SEMCONV_STABILITY_OPT_IN"}
+    out = subprocess.run(
+        [sys.executable, "-c", _CONTRIB_CHILD, str(small_model.path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "WARNING INFERWATCH_HTTP_INSTRUMENTATION=otel-contrib without" in out
+    assert "opt-in: None" in out

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from opentelemetry.sdk.metrics.export import (
     ExponentialHistogramDataPoint,
+    InMemoryMetricReader,
     NumberDataPoint,
 )
 from opentelemetry.trace import SpanKind
 
+from inferwatch.app import create_app
+from inferwatch.audit.sink import InMemoryAuditSink
+from inferwatch.inference.loading import LoadedModel
+from inferwatch.settings import Settings
 from inferwatch.telemetry import instruments as names
 from tests.fixtures.api import Harness, make_harness, points
 
@@ -198,3 +205,106 @@ def test_shutdown_closes_the_audit_sink(small_model: Any) -> None:
     with pytest.raises(StopIteration):
         next(gen)
     assert h.audit.closed
+
+
+def test_every_client_route_is_503_not_ready_once_shutdown_begins(
+    harness: Harness, valid_features: dict[str, Any]
+) -> None:
+    harness.client.app.state.runtime.ready = False  # type: ignore[attr-defined]
+    requests: list[tuple[str, str, Any]] = [
+        ("GET", "/v1/model", None),
+        ("POST", "/v1/predict/batch", {"instances": [{"features": valid_features}]}),
+        ("POST", "/v1/feedback", {"prediction_id": str(uuid.uuid4()), "label": 1}),
+        ("GET", "/v1/monitoring/latency", None),
+    ]
+    for method, path, body in requests:
+        resp = harness.client.request(method, path, json=body)
+        assert resp.status_code == 503, (path, resp.text)
+        assert resp.json()["error"] == "not_ready", path
+    assert harness.audit.records == []
+    # the error handlers still count them
+    data = harness.metrics.get_metrics_data()
+    (rejected,) = points(data, names.REJECTED_REQUESTS)
+    assert dict(rejected.attributes) == {names.ATTR_REJECT_REASON: "not_ready"}
+    assert rejected.value == len(requests)
+
+
+def test_before_start_up_routes_answer_503_and_the_handlers_do_not_fail(
+    small_model: LoadedModel,
+) -> None:
+    app = create_app(
+        Settings(environment="test", otlp_enabled=False),
+        model=small_model,
+        audit_sink=InMemoryAuditSink(),
+    )
+    client = TestClient(app)  # no `with`: the lifespan never runs; server errors raise here
+    for path in ("/v1/predict", "/v1/predict/batch", "/v1/feedback"):
+        resp = client.post(path, content=b"{", headers={"content-type": "application/json"})
+        assert resp.status_code == 503, (path, resp.text)
+        assert resp.json()["error"] == "not_ready"
+    assert client.get("/v1/model").status_code == 503
+    assert client.get("/readyz").json() == {"status": "not ready"}
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/metrics").status_code == 404
+    with TestClient(app) as started:
+        assert started.get("/readyz").status_code == 200
+        app.state.runtime.ready = False
+        assert started.get("/readyz").json() == {"status": "not ready"}
+        assert started.post("/v1/predict", json={}).status_code == 503
+        # /metrics serves the process's own telemetry while shutdown begins
+        lines = started.get("/metrics").text.splitlines()
+        (rejected,) = [n for n in lines if n.startswith("inferwatch_requests_rejected_total{")]
+        assert 'reason="not_ready"' in rejected
+        assert rejected.endswith(" 1.0")
+
+
+class RaisingEstimator:
+    """A fitted classifier's classes, and a predict_proba that fails: a server fault."""
+
+    def __init__(self, fitted: Any) -> None:
+        self.classes_ = fitted.classes_
+
+    def predict_proba(self, x: Any) -> Any:
+        raise RuntimeError("the model failed")
+
+
+def test_a_failing_model_call_is_a_500_recorded_with_outcome_error(
+    small_model: LoadedModel, valid_features: dict[str, Any]
+) -> None:
+    failing = LoadedModel(
+        small_model.metadata, RaisingEstimator(small_model.estimator), small_model.path
+    )
+    reader = InMemoryMetricReader()
+    audit = InMemoryAuditSink()
+    app = create_app(
+        Settings(environment="test", otlp_enabled=False),
+        model=failing,
+        audit_sink=audit,
+        metric_readers=[reader],
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        one = client.post("/v1/predict", json={"features": valid_features})
+        batch = client.post(
+            "/v1/predict/batch", json={"instances": [{"features": valid_features}] * 3}
+        )
+        data = reader.get_metrics_data()
+    for resp in (one, batch):
+        assert resp.status_code == 500, resp.text
+        assert resp.json() == {
+            "error": "internal",
+            "message": "internal server error",
+            "detail": [],
+        }
+    meta = small_model.metadata
+    error_attrs = {
+        names.ATTR_MODEL_NAME: meta.name,
+        names.ATTR_MODEL_VERSION: meta.version,
+        names.ATTR_OUTCOME: "error",
+    }
+    for metric in (names.INFERENCE_DURATION, names.BATCH_INFERENCE_DURATION):
+        (hist,) = points(data, metric)
+        assert dict(hist.attributes) == error_attrs, metric
+        assert hist.count == 1
+    assert points(data, names.PREDICTIONS) == []
+    assert points(data, names.REJECTED_REQUESTS) == []  # a server fault, not a rejection
+    assert audit.records == []

@@ -157,7 +157,7 @@ def test_malformed_json_wrong_type_and_media_type(harness: Harness) -> None:
 
 
 def test_batch_limits_and_per_item_paths(harness: Harness, valid_features: dict[str, Any]) -> None:
-    limit = harness.client.app.state.settings.max_batch_size  # type: ignore[attr-defined]
+    limit = harness.client.app.state.runtime.settings.max_batch_size  # type: ignore[attr-defined]
     r = harness.client.post(
         "/v1/predict/batch", json={"instances": [{"features": valid_features}] * (limit + 1)}
     )

@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 
 from inferwatch.analysis import cli
 from inferwatch.analysis.load import LoadConfig, LoadError, check_loopback, run_load
-from inferwatch.api.routes import feedback
 from inferwatch.app import create_app
 from inferwatch.audit.writer import PostgresAuditWriter
 from inferwatch.inference.loading import LoadedModel, load_model
@@ -50,7 +49,7 @@ def stream(
         meter=NoOpMeterProvider().get_meter("test"), flush_interval_s=0.05,
     )  # fmt: skip
     settings = Settings(environment="test", otlp_enabled=False, telemetry_enabled=False)
-    app = create_app(settings, model=model, audit_sink=writer, extra_routers=[feedback.router])
+    app = create_app(settings, model=model, audit_sink=writer)
     marks: dict[str, Any] = {}
     with TestClient(app) as client:
         marks["t0"] = datetime.now(UTC)
@@ -145,7 +144,7 @@ def test_drift_cli_usage_errors(audit_db: AuditDb, model_dir: Path, tmp_path: Pa
     r = _drift(audit_db, model_dir, now, now, tmp_path)
     assert r.exit_code == 2
     args = ["drift", "--model-version", "cli-1", "--since", "-1h", "--metadata", str(model_dir)]
-    r = CliRunner().invoke(_app(), args, env={cli.DSN_ENV: ""})
+    r = CliRunner().invoke(_app(), args, env={"INFERWATCH_ANALYST_DATABASE_URL": ""})
     assert r.exit_code == 2
 
 

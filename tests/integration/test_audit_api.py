@@ -48,7 +48,7 @@ def test_n_predictions_through_the_api_make_n_rows(
     rows, _ = generate_transactions(40, seed=21)
     sent: dict[UUID, tuple[dict[str, object], dict[str, object]]] = {}
     with TestClient(app) as client:
-        assert isinstance(app.state.audit_sink, PostgresAuditWriter)
+        assert isinstance(app.state.runtime.audit, PostgresAuditWriter)
         for i, features in enumerate(rows):
             body = {
                 "features": features,

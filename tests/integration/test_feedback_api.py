@@ -19,7 +19,6 @@ from fastapi.testclient import TestClient
 from opentelemetry.metrics import NoOpMeterProvider
 from psycopg.types.json import Jsonb
 
-from inferwatch.api.routes import feedback, monitoring
 from inferwatch.app import create_app
 from inferwatch.audit.writer import PostgresAuditWriter
 from inferwatch.inference import data
@@ -55,27 +54,18 @@ class App:
 
 
 @pytest.fixture
-def app(
-    audit_db: AuditDb, model: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[App]:
-    monkeypatch.setenv("INFERWATCH_ANALYST_DATABASE_URL", audit_db.analyst_dsn)
+def app(audit_db: AuditDb, model: LoadedModel, tmp_path: Path) -> Iterator[App]:
     settings = Settings(
         environment="test", otlp_enabled=False, telemetry_enabled=False,
-        analyst_api_key=KEY,
+        analyst_api_key=KEY, analyst_database_url=audit_db.analyst_dsn,
     )  # fmt: skip
     writer = PostgresAuditWriter(
         dsn=audit_db.writer_dsn, spool_dir=tmp_path / "spool",
         meter=NoOpMeterProvider().get_meter("test"), flush_interval_s=0.05,
     )  # fmt: skip
-    application = create_app(
-        settings, model=model, audit_sink=writer,
-        extra_routers=[feedback.router, monitoring.router],
-    )  # fmt: skip
+    application = create_app(settings, model=model, audit_sink=writer)
     with TestClient(application, raise_server_exceptions=False) as client:
         yield App(client, writer, audit_db)
-        store = getattr(application.state, "monitoring_store", None)
-        if store is not None:
-            store.close()
 
 
 def _predict(app: App, n: int, entity_prefix: str, seed: int = 1) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ stdout carries only the JSON document; tables and progress go to stderr.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -32,9 +31,21 @@ from inferwatch.analysis.load import LoadConfig, LoadError, run_load
 from inferwatch.analysis.runner import analyse, parse_when
 from inferwatch.inference.loading import find_model, load_metadata
 from inferwatch.inference.metadata import ModelMetadata
+from inferwatch.settings import Settings
 
-DSN_ENV = "INFERWATCH_ANALYST_DATABASE_URL"
 _D = DriftThresholds()
+_DSN_HELP = "Analyst DSN (default: INFERWATCH_ANALYST_DATABASE_URL)"
+
+
+def _analyst_dsn(given: str | None, err: Console) -> str:
+    """--dsn, else ``Settings.analyst_database_url``; neither: exit 2."""
+    if given:
+        return given
+    setting = Settings().analyst_database_url
+    if not setting:
+        err.print("[red]no database: pass --dsn or set INFERWATCH_ANALYST_DATABASE_URL[/]")
+        raise typer.Exit(2)
+    return setting.get_secret_value()
 
 
 def _metadata(model_dir: Path, name: str, version: str, path: Path | None) -> ModelMetadata:
@@ -53,9 +64,7 @@ def drift(
     model_version: Annotated[str, typer.Option(help="Model version to analyse")],
     since: Annotated[str, typer.Option(help="Window start: ISO 8601, 'now', or -30m/-2h/-7d")],
     until: Annotated[str, typer.Option(help="Window end (exclusive)")] = "now",
-    dsn: Annotated[
-        str | None, typer.Option(help=f"Analyst DSN (default: ${DSN_ENV})", show_default=False)
-    ] = None,
+    dsn: Annotated[str | None, typer.Option(help=_DSN_HELP, show_default=False)] = None,
     model_name: Annotated[str, typer.Option()] = "card-fraud",
     model_dir: Annotated[Path, typer.Option(help="Where models/<name>/<version>/ live")] = Path(
         "models"
@@ -83,10 +92,7 @@ def drift(
     """Drift (PSI + Wasserstein / Jensen-Shannon per feature) and quality of one window."""
     err = Console(stderr=True)
     out = err if json_out else Console()
-    dsn = dsn or os.environ.get(DSN_ENV)
-    if not dsn:
-        err.print(f"[red]no database: pass --dsn or set {DSN_ENV}[/]")
-        raise typer.Exit(2)
+    dsn = _analyst_dsn(dsn, err)
     try:
         lo, hi = parse_when(since), parse_when(until)
     except ValueError as exc:
@@ -175,9 +181,7 @@ def load(
 
 def analysis_job(
     model_version: Annotated[str, typer.Option(help="Model version to watch")],
-    dsn: Annotated[
-        str | None, typer.Option(help=f"Analyst DSN (default: ${DSN_ENV})", show_default=False)
-    ] = None,
+    dsn: Annotated[str | None, typer.Option(help=_DSN_HELP, show_default=False)] = None,
     model_name: Annotated[str, typer.Option()] = "card-fraud",
     model_dir: Annotated[Path, typer.Option()] = Path("models"),
     metadata: Annotated[Path | None, typer.Option()] = None,
@@ -199,10 +203,7 @@ def analysis_job(
         run_once,
     )
 
-    dsn = dsn or os.environ.get(DSN_ENV)
-    if not dsn:
-        Console(stderr=True).print(f"[red]no database: pass --dsn or set {DSN_ENV}[/]")
-        raise typer.Exit(2)
+    dsn = _analyst_dsn(dsn, Console(stderr=True))
     meta = _metadata(model_dir, model_name, model_version, metadata)
     now = parse_when("now")
     cfg = JobConfig(

@@ -117,25 +117,6 @@ def parse_profile(profile: Mapping[str, Any]) -> list[FeatureReference]:
     return out
 
 
-def sql_spec(refs: Sequence[FeatureReference]) -> list[dict[str, Any]]:
-    """The JSON handed to ``drift_histograms.sql`` (one object per feature)."""
-    spec: list[dict[str, Any]] = []
-    for r in refs:
-        if isinstance(r, NumericReference):
-            spec.append(
-                {
-                    "name": r.name,
-                    "kind": "numeric",
-                    "edges": list(r.edges),
-                    "proportions": list(r.proportions),
-                    "grid": list(r.grid),
-                }
-            )
-        else:
-            spec.append({"name": r.name, "kind": "categorical", "frequencies": dict(r.frequencies)})
-    return spec
-
-
 # --- what Postgres counted -------------------------------------------------------
 
 

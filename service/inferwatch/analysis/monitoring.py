@@ -1,14 +1,16 @@
 """Queries behind GET /v1/monitoring/*: latency, recent predictions, distribution.
 
-Runs as the analyst role (SELECT only) through a small pool, opened on first use
-and closed by :meth:`MonitoringStore.close` (the app's lifespan). All SQL of the
-monitoring routes lives here; the routes only check the key and the parameters.
+Runs as the analyst role (SELECT only) through a small pool that the app's lifespan
+opens and closes (:meth:`MonitoringStore.open`, :meth:`MonitoringStore.close`). All SQL
+of the monitoring routes lives here; the routes only check the key and the parameters.
 Every query is bounded: a time window on the partition key, a LIMIT, or both.
+
+Must never: make start-up wait for Postgres or fail when it is down (the pool connects
+when a query needs a connection), or write.
 """
 
 from __future__ import annotations
 
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,27 +18,8 @@ from typing import Any, Final
 
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
-from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MAX_WINDOW: Final = timedelta(days=31)
-
-
-class AnalystDbSettings(BaseSettings):
-    """``INFERWATCH_ANALYST_DATABASE_URL`` until Settings carries ``analyst_database_url``."""
-
-    model_config = SettingsConfigDict(env_prefix="INFERWATCH_", extra="ignore")
-
-    analyst_database_url: SecretStr | None = None
-
-
-def analyst_dsn(settings: object) -> str | None:
-    value = getattr(settings, "analyst_database_url", None)
-    if value is None:
-        value = AnalystDbSettings().analyst_database_url
-    if value is None:
-        return None
-    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,35 +43,27 @@ class Cursor:
 
 class MonitoringStore:
     def __init__(self, dsn: str, *, max_size: int = 4, timeout_s: float = 5.0) -> None:
-        self._dsn = dsn
-        self._max_size = max_size
-        self._timeout_s = timeout_s
-        self._pool: ConnectionPool[Any] | None = None
-        self._lock = threading.Lock()
+        # min_size=0: no connection until a query needs one, so opening the pool neither
+        # waits for Postgres nor fails when it is down; a query then waits at most
+        # timeout_s (PoolTimeout: the routes answer 503 database_unavailable).
+        self._pool: ConnectionPool[Any] = ConnectionPool(
+            dsn,
+            min_size=0,
+            max_size=max_size,
+            timeout=timeout_s,
+            open=False,
+            kwargs={"options": "-c statement_timeout=15000 -c default_transaction_read_only=on"},
+        )
 
-    def _get(self) -> ConnectionPool[Any]:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ConnectionPool(
-                    self._dsn,
-                    min_size=1,
-                    max_size=self._max_size,
-                    timeout=self._timeout_s,
-                    open=True,
-                    kwargs={
-                        "options": "-c statement_timeout=15000 -c default_transaction_read_only=on"
-                    },
-                )
-            return self._pool
+    def open(self) -> None:
+        """Start the pool's workers (the lifespan, once per process); connects nothing."""
+        self._pool.open(wait=False)
 
     def close(self) -> None:
-        with self._lock:
-            if self._pool is not None:
-                self._pool.close()
-                self._pool = None
+        self._pool.close()
 
     def _fetch(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        with self._get().connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(query.encode(), params)
             return list(cur.fetchall())
 

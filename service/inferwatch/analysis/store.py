@@ -119,13 +119,3 @@ def quality_counts(
         rows=int(rows), labeled=int(labeled), tp=int(tp), fp=int(fp), tn=int(tn), fn=int(fn),
         brier_sum=float(brier), positive_rank_sum=float(rank_sum),
     )  # fmt: skip
-
-
-def model_versions(conn: Conn, since: datetime, until: datetime) -> list[tuple[str, str, int]]:
-    """(model_name, model_version, rows) served in the window, most rows first."""
-    rows = conn.execute(
-        "SELECT model_name, model_version, count(*) FROM predictions"
-        " WHERE ts >= %s AND ts < %s GROUP BY 1, 2 ORDER BY 3 DESC",
-        (since, until),
-    ).fetchall()
-    return [(str(a), str(b), int(c)) for a, b, c in rows]

@@ -2,7 +2,8 @@
 
 ``{"error": "<code>", "message": "...", "detail": [{"field": ..., "problem": ...}]}``.
 A client can never cause a 500: anything a client sends is either handled or
-rejected here; only genuine server faults reach the catch-all handler (logged).
+rejected here; only genuine server faults (a model call that raises, a bug) reach the
+catch-all handler: logged, and answered 500 in the same shape.
 """
 
 from __future__ import annotations
@@ -46,9 +47,12 @@ def error_response(
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    # here, not at the top: deps imports ApiError from this module
+    from inferwatch.api.deps import find_runtime
+
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        runtime = getattr(request.app.state, "runtime", None)
+        runtime = find_runtime(request)  # None before start-up: nothing to count with yet
         if runtime is not None:
             runtime.count_rejected(exc.reason)
         return error_response(exc.status, exc.reason, exc.message, exc.problems)
@@ -62,7 +66,7 @@ def install_error_handlers(app: FastAPI) -> None:
             )
             for err in exc.errors()
         ]
-        runtime = getattr(request.app.state, "runtime", None)
+        runtime = find_runtime(request)
         if runtime is not None:
             runtime.count_rejected("validation")
         return error_response(422, "validation", "request validation failed", problems)

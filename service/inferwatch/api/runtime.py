@@ -1,8 +1,9 @@
 """Everything a request needs, built once per process in the lifespan.
 
-Routes read it from ``request.app.state.runtime``: the predictor, the validator,
-the instruments with their attribute sets precomputed (no per-request allocation of
-instruments or attribute dicts), the audit sink, and the readiness flag.
+The predictor, the validator, the instruments with their attribute sets precomputed
+(no per-request allocation of instruments or attribute dicts), the audit sink, the
+analysts' monitoring store, and the readiness flag. Routes reach it only through
+:mod:`inferwatch.api.deps`. Nothing here is built or opened per request.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from opentelemetry.util.types import Attributes
 
+from inferwatch.analysis.monitoring import MonitoringStore
 from inferwatch.api.validation import InstanceValidator
 from inferwatch.audit.sink import AuditSink
 from inferwatch.inference.predictor import Predictor
@@ -33,8 +35,11 @@ class Runtime:
     # set when our HTTP instrumentation finishes the server span at the next drain: the
     # route's span attributes then go through the same queue, before the span's end
     span_finisher: DeferredTelemetry | None = None
+    # the analyst-role queries of /v1/monitoring/*; None without INFERWATCH_ANALYST_DATABASE_URL
+    monitoring: MonitoringStore | None = None
     ready: bool = True
-    model_attrs: Attributes = field(init=False)
+    model_attrs: Attributes = field(init=False)  # outcome "ok"
+    error_attrs: Attributes = field(init=False)  # outcome "error": the model call raised
     class_attrs: dict[int, Attributes] = field(init=False)
     _reject_attrs: dict[str, Attributes] = field(init=False, default_factory=dict)
 
@@ -45,6 +50,7 @@ class Runtime:
             names.ATTR_MODEL_VERSION: meta.version,
         }
         self.model_attrs = {**base, names.ATTR_OUTCOME: "ok"}
+        self.error_attrs = {**base, names.ATTR_OUTCOME: "error"}
         self.class_attrs = {
             c: {**base, names.ATTR_PREDICTION_CLASS: str(c)} for c in self.predictor.classes
         }

@@ -7,17 +7,21 @@ connects as ``inferwatch_writer``, which cannot run DDL). Typical order:
     inferwatch db migrate --dsn "host=... dbname=inferwatch user=inferwatch_owner"  # every deploy
     inferwatch db partitions --dsn ...                                      # daily (cron)
 
-Passwords come from options or env vars and are never defaulted.
+An option left out takes its value from :class:`inferwatch.settings.Settings` (the
+``INFERWATCH_*`` variable its help names); an option given on the command line wins.
+Passwords come from options or settings and are never defaulted.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import SecretStr
 
 from inferwatch.audit import migrate as mig
+from inferwatch.settings import Settings
 
 db_app = typer.Typer(
     help="Audit database: roles, schema migrations, partitions, spool replay.",
@@ -25,46 +29,73 @@ db_app = typer.Typer(
 )
 
 DsnOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--dsn",
-        envvar="INFERWATCH_MIGRATE_DATABASE_URL",
-        help="libpq DSN/URL of the owner (or an admin who may SET ROLE inferwatch_owner).",
-        show_envvar=True,
+        help="libpq DSN/URL of the owner (or an admin who may SET ROLE inferwatch_owner) "
+        "(default: INFERWATCH_MIGRATE_DATABASE_URL)",
+        show_default=False,
     ),
 ]
 AheadOpt = Annotated[
-    int,
+    int | None,
     typer.Option(
-        envvar="INFERWATCH_AUDIT_PARTITION_DAYS_AHEAD", min=0, help="daily partitions made ahead"
+        min=0,
+        help="daily partitions made ahead (default: INFERWATCH_AUDIT_PARTITION_DAYS_AHEAD)",
+        show_default=False,
     ),
 ]
 RetentionOpt = Annotated[
-    int,
+    int | None,
     typer.Option(
-        envvar="INFERWATCH_AUDIT_RETENTION_DAYS",
-        help="drop daily partitions older than this many days (0: keep all)",
+        help="drop daily partitions older than this many days (0: keep all) "
+        "(default: INFERWATCH_AUDIT_RETENTION_DAYS)",
+        show_default=False,
     ),
 ]
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(2)
 
 
+def _dsn(given: str | None, setting: SecretStr | None, env: str) -> str:
+    """The --dsn given, else the setting; neither: a usage error (exit 2)."""
+    dsn = given or (setting.get_secret_value() if setting is not None else "")
+    if not dsn:
+        _fail(f"no database: pass --dsn or set {env}")
+    return dsn
+
+
+def _password(given: str | None, setting: SecretStr | None) -> str:
+    if given is not None:
+        return given
+    return setting.get_secret_value() if setting is not None else ""  # "" is refused
+
+
+def _partitioning(settings: Settings, ahead: int | None, retention: int | None) -> dict[str, int]:
+    return {
+        "days_ahead": settings.audit_partition_days_ahead if ahead is None else ahead,
+        "retention_days": settings.audit_retention_days if retention is None else retention,
+    }
+
+
 @db_app.command()
 def migrate(
-    dsn: DsnOpt,
-    days_ahead: AheadOpt = mig.DEFAULT_DAYS_AHEAD,
-    retention_days: RetentionOpt = mig.DEFAULT_RETENTION_DAYS,
+    dsn: DsnOpt = None,
+    days_ahead: AheadOpt = None,
+    retention_days: RetentionOpt = None,
 ) -> None:
     """Apply pending schema migrations (idempotent), then maintain partitions."""
+    settings = Settings()
     try:
-        res = mig.migrate(dsn, days_ahead=days_ahead, retention_days=retention_days)
+        res = mig.migrate(
+            _dsn(dsn, settings.migrate_database_url, "INFERWATCH_MIGRATE_DATABASE_URL"),
+            **_partitioning(settings, days_ahead, retention_days),
+        )
     except mig.MigrationError as exc:
         _fail(str(exc))
-        return
     applied = ", ".join(f"{v:04d}" for v in res.applied) or "none"
     typer.echo(
         f"migrations applied: {applied} (already: {len(res.already)}); "
@@ -74,61 +105,62 @@ def migrate(
 
 @db_app.command()
 def partitions(
-    dsn: DsnOpt,
-    days_ahead: AheadOpt = mig.DEFAULT_DAYS_AHEAD,
-    retention_days: RetentionOpt = mig.DEFAULT_RETENTION_DAYS,
+    dsn: DsnOpt = None,
+    days_ahead: AheadOpt = None,
+    retention_days: RetentionOpt = None,
 ) -> None:
     """Create daily partitions ahead and drop those past retention (run daily)."""
+    settings = Settings()
     made, dropped = mig.maintain_partitions(
-        dsn, days_ahead=days_ahead, retention_days=retention_days
+        _dsn(dsn, settings.migrate_database_url, "INFERWATCH_MIGRATE_DATABASE_URL"),
+        **_partitioning(settings, days_ahead, retention_days),
     )
     typer.echo(f"partitions created: {made}, dropped: {dropped}")
+
+
+def _password_opt(env: str) -> Any:
+    return typer.Option(help=f"default: {env}", show_default=False)
 
 
 @db_app.command()
 def roles(
     dsn: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--dsn",
-            envvar="INFERWATCH_ADMIN_DATABASE_URL",
-            show_envvar=True,
-            help="DSN of a role with CREATEROLE that owns the database or is superuser.",
+            help="DSN of a role with CREATEROLE that owns the database or is superuser "
+            "(default: INFERWATCH_ADMIN_DATABASE_URL)",
+            show_default=False,
         ),
-    ],
-    owner_password: Annotated[
-        str, typer.Option(envvar="INFERWATCH_OWNER_PASSWORD", show_envvar=True, prompt=False)
-    ] = "",
-    writer_password: Annotated[
-        str, typer.Option(envvar="INFERWATCH_WRITER_PASSWORD", show_envvar=True)
-    ] = "",
-    analyst_password: Annotated[
-        str, typer.Option(envvar="INFERWATCH_ANALYST_PASSWORD", show_envvar=True)
-    ] = "",
+    ] = None,
+    owner_password: Annotated[str | None, _password_opt("INFERWATCH_OWNER_PASSWORD")] = None,
+    writer_password: Annotated[str | None, _password_opt("INFERWATCH_WRITER_PASSWORD")] = None,
+    analyst_password: Annotated[str | None, _password_opt("INFERWATCH_ANALYST_PASSWORD")] = None,
 ) -> None:
     """Create the owner, writer and analyst roles (passwords required, never defaulted)."""
+    settings = Settings()
     try:
         mig.ensure_roles(
-            dsn,
-            owner_password=owner_password,
-            writer_password=writer_password,
-            analyst_password=analyst_password,
+            _dsn(dsn, settings.admin_database_url, "INFERWATCH_ADMIN_DATABASE_URL"),
+            owner_password=_password(owner_password, settings.owner_password),
+            writer_password=_password(writer_password, settings.writer_password),
+            analyst_password=_password(analyst_password, settings.analyst_password),
         )
     except mig.MigrationError as exc:
         _fail(str(exc))
-        return
     typer.echo(f"roles ready: {mig.OWNER_ROLE}, {mig.WRITER_ROLE}, {mig.ANALYST_ROLE}")
 
 
 @db_app.command()
 def replay(
     dsn: Annotated[
-        str,
-        typer.Option("--dsn", envvar="INFERWATCH_DATABASE_URL", show_envvar=True),
-    ],
+        str | None,
+        typer.Option("--dsn", help="default: INFERWATCH_DATABASE_URL", show_default=False),
+    ] = None,
     spool_dir: Annotated[
-        Path, typer.Option(envvar="INFERWATCH_AUDIT_SPOOL_DIR", show_envvar=True)
-    ] = Path("var/spool"),
+        Path | None,
+        typer.Option(help="default: INFERWATCH_AUDIT_SPOOL_DIR", show_default=False),
+    ] = None,
     timeout_s: Annotated[float, typer.Option(help="give up after this long")] = 600.0,
 ) -> None:
     """Replay one free spool slot (e.g. left by a worker that no longer runs) and exit."""
@@ -136,7 +168,12 @@ def replay(
 
     from inferwatch.audit.writer import PostgresAuditWriter
 
-    w = PostgresAuditWriter(dsn=dsn, spool_dir=spool_dir, meter=MeterProvider().get_meter("cli"))
+    settings = Settings()
+    w = PostgresAuditWriter(
+        dsn=_dsn(dsn, settings.database_url, "INFERWATCH_DATABASE_URL"),
+        spool_dir=settings.audit_spool_dir if spool_dir is None else spool_dir,
+        meter=MeterProvider().get_meter("cli"),
+    )
     w.start()
     pending = w.spool.pending_records
     ok = w.wait_idle(timeout_s)

@@ -9,8 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
+
+
+class ServedInstance(Protocol):
+    """What a record takes from a validated request (``api.validation.ValidInstance``)."""
+
+    @property
+    def features(self) -> dict[str, Any]: ...
+    @property
+    def entity_type(self) -> str | None: ...
+    @property
+    def entity_id(self) -> str | None: ...
+    @property
+    def request_id(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +44,42 @@ class PredictionRecord:
     entity_type: str | None = None
     entity_id: str | None = None
     request_id: str | None = None  # the client-supplied request id, if any
+
+    @classmethod
+    def from_prediction(
+        cls,
+        *,
+        prediction_id: UUID,
+        ts: datetime,
+        model_name: str,
+        model_version: str,
+        instance: ServedInstance,
+        label: int,
+        probability: float,
+        latency_s: float,
+        trace_id: str,
+        span_id: str,
+    ) -> PredictionRecord:
+        """The record of one served prediction, from the pieces the route holds.
+
+        On the request path: it builds the record and nothing else (no copy of the
+        features, no other object).
+        """
+        return cls(
+            prediction_id=prediction_id,
+            ts=ts,
+            model_name=model_name,
+            model_version=model_version,
+            features=instance.features,
+            prediction=label,
+            probability=probability,
+            latency_s=latency_s,
+            trace_id=trace_id,
+            span_id=span_id,
+            entity_type=instance.entity_type,
+            entity_id=instance.entity_id,
+            request_id=instance.request_id,
+        )
 
 
 @dataclass(frozen=True, slots=True)

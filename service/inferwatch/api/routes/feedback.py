@@ -30,10 +30,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from inferwatch.api.body import read_json
+from inferwatch.api.deps import RuntimeDep
 from inferwatch.api.errors import ApiError
 from inferwatch.api.validation import Problem, string_problem, validate_entity
 from inferwatch.audit.records import OutcomeRecord
-from inferwatch.audit.sink import AuditSink
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
@@ -45,7 +45,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"description": "Body too large"},
     415: {"description": "Not JSON"},
     422: {"description": "Invalid outcome(s); `detail` names every bad field and why"},
-    503: {"description": "Audit writer not started"},
+    503: {"description": "Not ready: starting or shutting down"},
 }
 
 
@@ -129,23 +129,6 @@ def validate_outcome(
     )
 
 
-def _state(request: Request) -> tuple[AuditSink, Sequence[int], int, int, int]:
-    state = request.app.state
-    sink: AuditSink | None = getattr(state, "audit_sink", None)
-    if sink is None:
-        raise ApiError(503, "not_ready", "audit writer not started")
-    model = getattr(state, "model", None)
-    classes: Sequence[int] = tuple(model.metadata.classes) if model is not None else (0, 1)
-    settings = state.settings
-    return (
-        sink,
-        classes,
-        settings.max_string_length,
-        settings.max_batch_size,
-        settings.max_body_bytes,
-    )
-
-
 _OUTCOME_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -199,9 +182,11 @@ _BODY: dict[str, Any] = {
     openapi_extra=_BODY,
     summary="Report the true label of predictions (one outcome, or {'outcomes': [...]})",
 )
-async def feedback(request: Request) -> Response:
-    sink, classes, max_len, max_batch, max_body = _state(request)
-    body = await read_json(request, max_body * 4)
+async def feedback(request: Request, runtime: RuntimeDep) -> Response:
+    settings = runtime.settings
+    max_len, max_batch = settings.max_string_length, settings.max_batch_size
+    classes = runtime.predictor.metadata.classes
+    body = await read_json(request, settings.max_body_bytes * 4)
     now = datetime.now(UTC)
     batch = isinstance(body, dict) and "outcomes" in body
     if batch:
@@ -231,7 +216,7 @@ async def feedback(request: Request) -> Response:
     if problems:
         raise ApiError(422, "validation", "invalid feedback", problems)
     for rec in records:
-        sink.submit(rec)
+        runtime.audit.submit(rec)
     return Response(
         orjson.dumps({"accepted": len(records), "received_at": now.isoformat()}),
         status_code=202,

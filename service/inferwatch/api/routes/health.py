@@ -6,6 +6,9 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
+from inferwatch.api.deps import find_runtime, get_runtime
+from inferwatch.api.errors import ApiError
+
 router = APIRouter(tags=["health"])
 
 
@@ -16,8 +19,9 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", summary="Readiness: a model is loaded and the service accepts predictions")
 async def readyz(request: Request) -> Response:
-    runtime = getattr(request.app.state, "runtime", None)
-    if runtime is None or not runtime.ready:
+    try:
+        runtime = await get_runtime(request)
+    except ApiError:  # a probe's own answer, not a rejected request
         return JSONResponse({"status": "not ready"}, status_code=503)
     meta = runtime.predictor.metadata
     return JSONResponse({"status": "ready", "model_name": meta.name, "model_version": meta.version})
@@ -29,7 +33,7 @@ async def readyz(request: Request) -> Response:
     include_in_schema=False,
 )
 async def metrics(request: Request) -> Response:
-    runtime = getattr(request.app.state, "runtime", None)
+    runtime = find_runtime(request)  # served while shutdown begins too
     registry = runtime.telemetry.registry if runtime is not None else None
     if registry is None:
         return JSONResponse(

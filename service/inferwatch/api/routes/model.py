@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from inferwatch.api.errors import ApiError
+from inferwatch.api.deps import RuntimeDep
 
 router = APIRouter(prefix="/v1", tags=["model"])
 
 
 @router.get("/model", summary="The served model: name, version, schema, metrics")
-async def model_info(request: Request) -> dict[str, Any]:
-    runtime = getattr(request.app.state, "runtime", None)
-    if runtime is None:
-        raise ApiError(503, "not_ready", "model not loaded")
+async def model_info(runtime: RuntimeDep) -> dict[str, Any]:
     meta = runtime.predictor.metadata
     return {
         "name": meta.name,

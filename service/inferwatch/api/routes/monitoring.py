@@ -3,14 +3,14 @@
 They expose feature payloads, so each requires the analyst API key in ``X-API-Key``
 (compared in constant time). No key configured, a missing key or a wrong one: 401,
 the same answer for all three so that a caller learns nothing about the setup.
-Queries run as the analyst role (``INFERWATCH_ANALYST_DATABASE_URL``) through
-:class:`inferwatch.analysis.monitoring.MonitoringStore`; without that DSN: 503.
+Queries run as the analyst role (``INFERWATCH_ANALYST_DATABASE_URL``) through the
+runtime's :class:`inferwatch.analysis.monitoring.MonitoringStore`, built by the lifespan;
+without that DSN: 503 ``not_configured``.
 """
 
 from __future__ import annotations
 
 import hmac
-import threading
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 
@@ -18,14 +18,14 @@ import psycopg
 from fastapi import APIRouter, Depends, Query, Request
 from psycopg_pool import PoolTimeout
 
-from inferwatch.analysis.monitoring import MAX_WINDOW, Cursor, MonitoringStore, analyst_dsn
+from inferwatch.analysis.monitoring import MAX_WINDOW, Cursor, MonitoringStore
+from inferwatch.api.deps import RuntimeDep
 from inferwatch.api.errors import ApiError
 from inferwatch.api.validation import Problem
 
 router = APIRouter(prefix="/v1/monitoring", tags=["monitoring"])
 
 RECENT_LOOKBACK: Final = timedelta(days=7)
-_store_lock = threading.Lock()
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or wrong X-API-Key"},
@@ -34,9 +34,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def require_analyst_key(request: Request) -> None:
-    settings = request.app.state.settings
-    expected = getattr(settings, "analyst_api_key", None)
+# async: FastAPI would run a plain ``def`` dependency in its thread pool
+async def require_analyst_key(request: Request, runtime: RuntimeDep) -> None:
+    expected = runtime.settings.analyst_api_key
     given = request.headers.get("x-api-key")
     ok = (
         expected is not None
@@ -47,20 +47,10 @@ def require_analyst_key(request: Request) -> None:
         raise ApiError(401, "unauthorized", "a valid X-API-Key header is required")
 
 
-def monitoring_store(request: Request) -> MonitoringStore:
-    state = request.app.state
-    store: MonitoringStore | None = getattr(state, "monitoring_store", None)
-    if store is None:
-        with _store_lock:
-            store = getattr(state, "monitoring_store", None)
-            if store is None:
-                dsn = analyst_dsn(state.settings)
-                if dsn is None:
-                    raise ApiError(503, "not_configured",
-                                   "INFERWATCH_ANALYST_DATABASE_URL is not set")  # fmt: skip
-                store = MonitoringStore(dsn)
-                state.monitoring_store = store
-    return store
+async def monitoring_store(runtime: RuntimeDep) -> MonitoringStore:
+    if runtime.monitoring is None:
+        raise ApiError(503, "not_configured", "INFERWATCH_ANALYST_DATABASE_URL is not set")
+    return runtime.monitoring
 
 
 Store = Annotated[MonitoringStore, Depends(monitoring_store)]

@@ -4,6 +4,10 @@ The prediction is recorded on the HTTP server span (one span per request): model
 version, prediction id, class, probability and the caller's entity. The inference
 histogram is recorded inside that span, so its exemplars carry the trace id. The
 audit record is handed to the sink, which never blocks.
+
+A model call that raises is a server fault, never the client's: its duration is
+recorded with ``outcome="error"``, no prediction is counted, no audit record made, and
+the catch-all handler answers 500 in the error shape (``inferwatch.api.errors``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import asyncio
 from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any
-from uuid import UUID
 
 import orjson
 from fastapi import APIRouter, Request
@@ -21,6 +24,7 @@ from starlette.responses import Response
 from uuid_utils.compat import uuid7
 
 from inferwatch.api.body import read_json
+from inferwatch.api.deps import RuntimeDep, get_runtime
 from inferwatch.api.errors import ApiError
 from inferwatch.api.runtime import Runtime
 from inferwatch.api.validation import Problem, ValidInstance, feature_json_schema
@@ -34,14 +38,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"description": "Body too large"},
     415: {"description": "Not JSON"},
     422: {"description": "Invalid fields; `detail` names every bad field and why"},
+    500: {"description": "Server fault (the model call failed)"},
+    503: {"description": "Not ready: starting or shutting down"},
 }
-
-
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    if runtime is None or not runtime.ready:
-        raise ApiError(503, "not_ready", "model not loaded")
-    return runtime
 
 
 def _ids() -> tuple[str, str]:
@@ -59,50 +58,23 @@ def _set_span_attributes(runtime: Runtime, span: trace.Span, attrs: dict[str, An
         span.set_attributes(attrs)
 
 
-def _record(
-    runtime: Runtime,
-    pid: UUID,
-    inst: ValidInstance,
-    label: int,
-    proba: float,
-    latency: float,
-    trace_id: str,
-    span_id: str,
-    now: datetime,
-) -> None:
-    meta = runtime.predictor.metadata
-    runtime.audit.submit(
-        PredictionRecord(
-            prediction_id=pid,
-            ts=now,
-            model_name=meta.name,
-            model_version=meta.version,
-            features=inst.features,
-            prediction=label,
-            probability=proba,
-            latency_s=latency,
-            trace_id=trace_id,
-            span_id=span_id,
-            entity_type=inst.entity_type,
-            entity_id=inst.entity_id,
-            request_id=inst.request_id,
-        )
-    )
-
-
 @router.post("/predict", responses=_ERRORS, summary="Score one transaction")
 async def predict(request: Request) -> Response:
-    runtime = _runtime(request)
+    runtime = await get_runtime(request)  # a plain call: Depends costs CPU per request
     body = await read_json(request, runtime.settings.max_body_bytes)
     inst, problems = runtime.validator.validate(body)
     if inst is None:
         raise ApiError(422, "validation", "invalid prediction request", problems)
+    ins = runtime.instruments
     started = perf_counter()
-    result = runtime.predictor.predict((inst.features,))[0]
+    try:
+        result = runtime.predictor.predict((inst.features,))[0]
+    except Exception:  # a server fault: 500 from the catch-all handler; no prediction, no row
+        ins.inference_duration.record(perf_counter() - started, runtime.error_attrs)
+        raise
     if runtime.settings.inject_latency_s:
         await asyncio.sleep(runtime.settings.inject_latency_s)
     latency = perf_counter() - started
-    ins = runtime.instruments
     ins.inference_duration.record(latency, runtime.model_attrs)  # inside the server span
     ins.predictions.add(1, runtime.class_attrs[result.label])
     uid = uuid7()
@@ -122,16 +94,19 @@ async def predict(request: Request) -> Response:
             attrs[names.ATTR_ENTITY_TYPE] = inst.entity_type
             attrs[names.ATTR_ENTITY_ID] = inst.entity_id
         _set_span_attributes(runtime, span, attrs)
-    _record(
-        runtime,
-        uid,
-        inst,
-        result.label,
-        result.probability,
-        latency,
-        trace_id,
-        span_id,
-        datetime.now(UTC),
+    runtime.audit.submit(
+        PredictionRecord.from_prediction(
+            prediction_id=uid,
+            ts=datetime.now(UTC),
+            model_name=meta.name,
+            model_version=meta.version,
+            instance=inst,
+            label=result.label,
+            probability=result.probability,
+            latency_s=latency,
+            trace_id=trace_id,
+            span_id=span_id,
+        )
     )
     return Response(
         orjson.dumps(
@@ -149,8 +124,7 @@ async def predict(request: Request) -> Response:
 
 
 @router.post("/predict/batch", responses=_ERRORS, summary="Score a bounded list of transactions")
-async def predict_batch(request: Request) -> Response:
-    runtime = _runtime(request)
+async def predict_batch(request: Request, runtime: RuntimeDep) -> Response:
     body = await read_json(request, runtime.settings.max_body_bytes * 16)
     limit = runtime.settings.max_batch_size
     if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
@@ -180,12 +154,16 @@ async def predict_batch(request: Request) -> Response:
             valid.append(inst)
     if problems:
         raise ApiError(422, "validation", "invalid batch request", problems)
+    ins = runtime.instruments
     started = perf_counter()
-    results = runtime.predictor.predict([v.features for v in valid])
+    try:
+        results = runtime.predictor.predict([v.features for v in valid])
+    except Exception:  # as in predict()
+        ins.batch_inference_duration.record(perf_counter() - started, runtime.error_attrs)
+        raise
     if runtime.settings.inject_latency_s:
         await asyncio.sleep(runtime.settings.inject_latency_s)
     latency = perf_counter() - started
-    ins = runtime.instruments
     ins.batch_inference_duration.record(latency, runtime.model_attrs)
     counts: dict[int, int] = {}
     for r in results:
@@ -201,7 +179,20 @@ async def predict_batch(request: Request) -> Response:
         uid = uuid7()
         pid = str(uid)
         pids.append(pid)
-        _record(runtime, uid, inst, r.label, r.probability, latency, trace_id, span_id, now)
+        runtime.audit.submit(
+            PredictionRecord.from_prediction(
+                prediction_id=uid,
+                ts=now,
+                model_name=meta.name,
+                model_version=meta.version,
+                instance=inst,
+                label=r.label,
+                probability=r.probability,
+                latency_s=latency,
+                trace_id=trace_id,
+                span_id=span_id,
+            )
+        )
         out.append({"prediction_id": pid, "prediction": r.label, "probability": r.probability})
     span = trace.get_current_span()
     if span.is_recording():
