@@ -187,7 +187,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(
         "iw-live-otel-contrib",
         "as iw-live, opentelemetry-instrumentation-fastapi",
-        env={"INFERWATCH_HTTP_INSTRUMENTATION": "otel-contrib"},
+        # contrib emits the stable HTTP conventions only when the operator opts in
+        env={
+            "INFERWATCH_HTTP_INSTRUMENTATION": "otel-contrib",
+            "OTEL_SEMCONV_STABILITY_OPT_IN": "http",
+        },
     ),
     Variant(
         "iw-live-inline-telemetry",

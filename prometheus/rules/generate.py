@@ -74,6 +74,7 @@ def windows(slo: dict[str, Any]) -> list[str]:
 def recording_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
     job = f'job="{slo["service_job"]}"'
     m = prom(names.INFERENCE_DURATION)
+    ok = f"{job}, {slo['latency']['matcher']}"
     mv = "model_name, model_version"
     rules: list[dict[str, Any]] = [
         {
@@ -97,8 +98,8 @@ def recording_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "record": f"inferwatch:inference_latency:p{round(q * 100)}_5m",
                 "expr": (
-                    f"histogram_quantile({q}, sum by ({mv}) (rate({m}{{{job}}}[5m])))\nor\n"
-                    f"histogram_quantile({q}, sum by (le, {mv}) (rate({m}_bucket{{{job}}}[5m])))"
+                    f"histogram_quantile({q}, sum by ({mv}) (rate({m}{{{ok}}}[5m])))\nor\n"
+                    f"histogram_quantile({q}, sum by (le, {mv}) (rate({m}_bucket{{{ok}}}[5m])))"
                 ),
             }
         )
@@ -109,6 +110,7 @@ def slo_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
     job = f'job="{slo["service_job"]}"'
     lat, err = slo["latency"], slo["errors"]
     m, t = prom(names.INFERENCE_DURATION), _num(lat["threshold_seconds"])
+    ok = f"{job}, {lat['matcher']}"
     e, route, bad = prom(names.HTTP_SERVER_DURATION), err["route_matcher"], err["error_matcher"]
     lat_budget, err_budget = _num(1 - lat["objective"]), _num(1 - err["objective"])
     rules: list[dict[str, Any]] = []
@@ -118,10 +120,10 @@ def slo_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
                 # fraction of predictions at most `threshold_seconds` long (the SLI)
                 "record": f"inferwatch:inference_latency_sli:ratio_rate{w}",
                 "expr": (
-                    f"histogram_fraction(0, {t}, sum by (model_name) (rate({m}{{{job}}}[{w}])))\n"
+                    f"histogram_fraction(0, {t}, sum by (model_name) (rate({m}{{{ok}}}[{w}])))\n"
                     f"or\n"
-                    f'sum by (model_name) (rate({m}_bucket{{{job}, le="{t}"}}[{w}]))\n'
-                    f"  / sum by (model_name) (rate({m}_count{{{job}}}[{w}]))"
+                    f'sum by (model_name) (rate({m}_bucket{{{ok}, le="{t}"}}[{w}]))\n'
+                    f"  / sum by (model_name) (rate({m}_count{{{ok}}}[{w}]))"
                 ),
             },
             {
