@@ -92,9 +92,13 @@ def bench_writer(
 ) -> tuple[float, list[float]]:
     """(rows/s through the writer, per-submit costs in µs)."""
     w = PostgresAuditWriter(
-        dsn=dsn, spool_dir=spool, meter=MeterProvider().get_meter("bench"),
-        queue_size=len(records) + 1, batch_size=2_000, flush_interval_s=0.05,
-    )  # fmt: skip
+        dsn=dsn,
+        spool_dir=spool,
+        meter=MeterProvider().get_meter("bench"),
+        queue_size=len(records) + 1,
+        batch_size=2_000,
+        flush_interval_s=0.05,
+    )
     w.start()
     time.sleep(0.5)  # pool connected
     costs = []
@@ -147,11 +151,21 @@ def bench_insert(dsn: str, records: list[PredictionRecord]) -> tuple[float, floa
             conn.execute(
                 sql,
                 (
-                    r.prediction_id, r.ts, r.model_name, r.model_version, r.entity_type,
-                    r.entity_id, orjson.dumps(r.features).decode(), int(r.prediction),
-                    r.probability, r.latency_s, r.trace_id, r.span_id, r.request_id,
+                    r.prediction_id,
+                    r.ts,
+                    r.model_name,
+                    r.model_version,
+                    r.entity_type,
+                    r.entity_id,
+                    orjson.dumps(r.features).decode(),
+                    int(r.prediction),
+                    r.probability,
+                    r.latency_s,
+                    r.trace_id,
+                    r.span_id,
+                    r.request_id,
                 ),
-            )  # fmt: skip
+            )
             lat.append((time.perf_counter() - a) * 1e6)
         elapsed = time.perf_counter() - t0
     return len(records) / elapsed, statistics.median(lat)

@@ -224,10 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=sink.serve_forever, daemon=True, name="bench-sink").start()
     model_dir = work / "models"
     subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "inferwatch"), "train", "--model-dir", str(model_dir),
-         "--rows", "60000"],
-        check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+        [
+            str(ROOT / ".venv" / "bin" / "inferwatch"),
+            "train",
+            "--model-dir",
+            str(model_dir),
+            "--rows",
+            "60000",
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     (model_path,) = sorted((model_dir / "card-fraud").iterdir())[-1:]
     os.environ.update(
         {

@@ -121,8 +121,10 @@ def main() -> None:
             print("postgres settings:", settings[0] if settings else "?")
         t0 = datetime.now(UTC) - timedelta(hours=12)
         span = timedelta(hours=11)
-        print(f"{'rows':>12} {'fill s':>8} {'table MB':>9} {'drift cold s':>13} "
-              f"{'drift warm s':>13} {'rows/s warm':>12} {'quality warm s':>15}")  # fmt: skip
+        print(
+            f"{'rows':>12} {'fill s':>8} {'table MB':>9} {'drift cold s':>13} "
+            f"{'drift warm s':>13} {'rows/s warm':>12} {'quality warm s':>15}"
+        )
         for n in sorted(args.rows):
             fill = 0.0
             step_us = span.total_seconds() * 1e6 / n
@@ -132,16 +134,21 @@ def main() -> None:
                 for lo in range(0, n, chunk):
                     params = {"t0": t0, "step_us": step_us, "lo": lo, "hi": min(n, lo + chunk)}
                     fill += timed(lambda p=params: conn.execute(_FILL, p))
-                fill += timed(lambda: conn.execute(
-                    "INSERT INTO outcomes (prediction_id, label, received_at)"
-                    " SELECT prediction_id, prediction, ts + interval '3 days' FROM predictions"
-                    " WHERE random() < 0.1"))  # fmt: skip
+                fill += timed(
+                    lambda: conn.execute(
+                        "INSERT INTO outcomes (prediction_id, label, received_at)"
+                        " SELECT prediction_id, prediction, ts + interval '3 days' FROM predictions"
+                        " WHERE random() < 0.1"
+                    )
+                )
                 fill += timed(lambda: conn.execute("VACUUM ANALYZE predictions"))
                 fill += timed(lambda: conn.execute("VACUUM ANALYZE outcomes"))
-                size = conn.execute("SELECT pg_total_relation_size('predictions_default') +"
-                                    " coalesce((SELECT sum(pg_total_relation_size(inhrelid))"
-                                    " FROM pg_inherits WHERE inhparent = 'predictions'::regclass),"
-                                    " 0)").fetchone()[0]  # type: ignore[index]  # fmt: skip
+                size = conn.execute(
+                    "SELECT pg_total_relation_size('predictions_default') +"
+                    " coalesce((SELECT sum(pg_total_relation_size(inhrelid))"
+                    " FROM pg_inherits WHERE inhparent = 'predictions'::regclass),"
+                    " 0)"
+                ).fetchone()[0]  # type: ignore[index]
             cluster.stop()
             cluster.start()
 
@@ -151,8 +158,11 @@ def main() -> None:
             cold = timed(run_drift)
             warm = statistics.median(timed(run_drift) for _ in range(args.warm_runs))
             qwarm = statistics.median(timed(run_quality) for _ in range(args.warm_runs))
-            print(f"{n:>12,} {fill:>8.1f} {int(size) / 2**20:>9.0f} {cold:>13.2f} {warm:>13.2f} "
-                  f"{n / warm:>12,.0f} {qwarm:>15.2f}", flush=True)  # fmt: skip
+            print(
+                f"{n:>12,} {fill:>8.1f} {int(size) / 2**20:>9.0f} {cold:>13.2f} {warm:>13.2f} "
+                f"{n / warm:>12,.0f} {qwarm:>15.2f}",
+                flush=True,
+            )
     finally:
         cluster.destroy()
 

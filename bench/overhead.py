@@ -349,8 +349,16 @@ class Server:
 
     def _serve_argv(self, factory: str) -> list[str]:
         """`python -m bench.overhead serve` with an app factory of this module."""
-        return [sys.executable, "-m", "bench.overhead", "serve", "--port", str(self.port),
-                "--factory", f"bench.overhead:{factory}"]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "bench.overhead",
+            "serve",
+            "--port",
+            str(self.port),
+            "--factory",
+            f"bench.overhead:{factory}",
+        ]
 
     def __init__(
         self, variant: Variant, work: Path, model_dir: Path, model_path: Path, stack: Stack
@@ -534,18 +542,35 @@ def run_fixed_rate(
     write_vegeta_targets(bodies, server.url, targets)
     vegeta = str(find_binary("vegeta"))
     attack = subprocess.run(
-        ["taskset", "-c", CLIENT_CPU, vegeta, "attack", "-format=json",
-         f"-targets={targets}", f"-rate={rate:.0f}/s", f"-duration={seconds:g}s",
-         f"-connections={connections}", f"-max-connections={connections}",
-         f"-workers={connections}", f"-max-workers={connections}", "-timeout=10s"],
-        capture_output=True, timeout=seconds + 60, check=False,
-    )  # fmt: skip
+        [
+            "taskset",
+            "-c",
+            CLIENT_CPU,
+            vegeta,
+            "attack",
+            "-format=json",
+            f"-targets={targets}",
+            f"-rate={rate:.0f}/s",
+            f"-duration={seconds:g}s",
+            f"-connections={connections}",
+            f"-max-connections={connections}",
+            f"-workers={connections}",
+            f"-max-workers={connections}",
+            "-timeout=10s",
+        ],
+        capture_output=True,
+        timeout=seconds + 60,
+        check=False,
+    )
     if attack.returncode != 0:
         raise RuntimeError(f"vegeta attack failed: {attack.stderr.decode()[-2000:]}")
     report = subprocess.run(
         [vegeta, "report", "-type=json"],
-        input=attack.stdout, capture_output=True, timeout=60, check=True,
-    )  # fmt: skip
+        input=attack.stdout,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
     r = json.loads(report.stdout)
     lat = r["latencies"]
     codes = {str(k): v for k, v in (r.get("status_codes") or {}).items()}

@@ -176,10 +176,19 @@ class PgCluster:
 
     def start(self, deadline_s: float = 60) -> None:
         self._run(
-            "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file),
-            "-o", self.server_options(), "-w", "-t", str(int(deadline_s)), "start",
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_file),
+            "-o",
+            self.server_options(),
+            "-w",
+            "-t",
+            str(int(deadline_s)),
+            "start",
             timeout=deadline_s + 10,
-        )  # fmt: skip
+        )
 
     def pid(self) -> int | None:
         """The postmaster's pid, from its pid file (None when it is not running)."""
@@ -198,9 +207,17 @@ class PgCluster:
             return
         try:
             self._run(
-                "pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "-t", str(int(deadline_s)),
-                "stop", timeout=deadline_s + 10,
-            )  # fmt: skip
+                "pg_ctl",
+                "-D",
+                str(self.data_dir),
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                str(int(deadline_s)),
+                "stop",
+                timeout=deadline_s + 10,
+            )
         except LaunchError:
             pid = self.pid()
             if pid is not None:

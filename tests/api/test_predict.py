@@ -19,7 +19,7 @@ from inferwatch.audit.sink import InMemoryAuditSink
 from inferwatch.inference.loading import LoadedModel
 from inferwatch.settings import Settings
 from inferwatch.telemetry import instruments as names
-from tests.fixtures.api import Harness, make_harness, points
+from tests.fixtures.api import Harness, attributes_of, make_harness, points
 
 
 def test_one_prediction_is_one_span_one_sample_one_exemplar_one_audit_row(
@@ -61,7 +61,7 @@ def test_one_prediction_is_one_span_one_sample_one_exemplar_one_audit_row(
     (hist,) = points(data, names.INFERENCE_DURATION)
     assert isinstance(hist, ExponentialHistogramDataPoint)
     assert hist.count == 1
-    assert dict(hist.attributes) == {
+    assert attributes_of(hist) == {
         names.ATTR_MODEL_NAME: meta.name,
         names.ATTR_MODEL_VERSION: meta.version,
         names.ATTR_OUTCOME: "ok",
@@ -71,7 +71,7 @@ def test_one_prediction_is_one_span_one_sample_one_exemplar_one_audit_row(
     (count,) = points(data, names.PREDICTIONS)
     assert isinstance(count, NumberDataPoint)
     assert count.value == 1
-    assert dict(count.attributes)[names.ATTR_PREDICTION_CLASS] == str(out["prediction"])
+    assert attributes_of(count)[names.ATTR_PREDICTION_CLASS] == str(out["prediction"])
     (http,) = points(data, names.HTTP_SERVER_DURATION)
     assert http.count == 1
     assert dict(http.attributes)["http.route"] == "/v1/predict"
@@ -143,7 +143,9 @@ def test_batch_predicts_each_instance_in_one_span(harness: Harness) -> None:
     (span,) = harness.spans.get_finished_spans()
     assert span.attributes is not None
     assert span.attributes[names.ATTR_BATCH_SIZE] == 5
-    assert list(span.attributes[names.ATTR_PREDICTION_IDS]) == [p["prediction_id"] for p in preds]
+    assert list(attributes_of(span)[names.ATTR_PREDICTION_IDS]) == [
+        p["prediction_id"] for p in preds
+    ]
     assert [str(r.prediction_id) for r in harness.audit.predictions] == [
         p["prediction_id"] for p in preds
     ]
@@ -303,7 +305,7 @@ def test_a_failing_model_call_is_a_500_recorded_with_outcome_error(
     }
     for metric in (names.INFERENCE_DURATION, names.BATCH_INFERENCE_DURATION):
         (hist,) = points(data, metric)
-        assert dict(hist.attributes) == error_attrs, metric
+        assert attributes_of(hist) == error_attrs, metric
         assert hist.count == 1
     assert points(data, names.PREDICTIONS) == []
     assert points(data, names.REJECTED_REQUESTS) == []  # a server fault, not a rejection

@@ -45,9 +45,11 @@ def stream(
     """1200 clean predictions, then 1200 shifted ones, half of them labeled."""
     model: LoadedModel = load_model(model_dir)
     writer = PostgresAuditWriter(
-        dsn=audit_db.writer_dsn, spool_dir=tmp_path_factory.mktemp("spool"),
-        meter=NoOpMeterProvider().get_meter("test"), flush_interval_s=0.05,
-    )  # fmt: skip
+        dsn=audit_db.writer_dsn,
+        spool_dir=tmp_path_factory.mktemp("spool"),
+        meter=NoOpMeterProvider().get_meter("test"),
+        flush_interval_s=0.05,
+    )
     settings = Settings(environment="test", otlp_enabled=False, telemetry_enabled=False)
     app = create_app(settings, model=model, audit_sink=writer)
     marks: dict[str, Any] = {}
@@ -55,8 +57,11 @@ def stream(
         marks["t0"] = datetime.now(UTC)
         clean = run_load(
             LoadConfig(rate=2_000, duration_s=0.6, label_fraction=0.5, label_delay_s=0.0, seed=3),
-            client=client, check_host=False, clock=(c := VirtualClock()), sleep=c.sleep,
-        )  # fmt: skip
+            client=client,
+            check_host=False,
+            clock=(c := VirtualClock()),
+            sleep=c.sleep,
+        )
         clean_end = datetime.now(UTC)  # no clean row is stamped later than this
 
         def after_clean() -> datetime | None:
@@ -65,10 +70,19 @@ def stream(
 
         marks["t1"] = poll(after_clean, 5, "a timestamp later than every clean row")
         shifted = run_load(
-            LoadConfig(rate=2_000, duration_s=0.6, drift_after_s=0.0, label_fraction=0.5,
-                       label_delay_s=0.0, seed=4),
-            client=client, check_host=False, clock=(c := VirtualClock()), sleep=c.sleep,
-        )  # fmt: skip
+            LoadConfig(
+                rate=2_000,
+                duration_s=0.6,
+                drift_after_s=0.0,
+                label_fraction=0.5,
+                label_delay_s=0.0,
+                seed=4,
+            ),
+            client=client,
+            check_host=False,
+            clock=(c := VirtualClock()),
+            sleep=c.sleep,
+        )
         marks["t2"] = datetime.now(UTC)
         assert writer.wait_idle(30.0)
     marks["clean"], marks["shifted"] = clean, shifted
@@ -94,11 +108,25 @@ def _app() -> typer.Typer:
     return app
 
 
-def _drift(db: AuditDb, model_dir: Path, since: datetime, until: datetime, out: Path,
-           *extra: str) -> Any:  # fmt: skip
-    args = ["drift", "--model-version", "cli-1", "--since", since.isoformat(),
-            "--until", until.isoformat(), "--dsn", db.analyst_dsn, "--metadata", str(model_dir),
-            "--out-dir", str(out), *extra]  # fmt: skip
+def _drift(
+    db: AuditDb, model_dir: Path, since: datetime, until: datetime, out: Path, *extra: str
+) -> Any:
+    args = [
+        "drift",
+        "--model-version",
+        "cli-1",
+        "--since",
+        since.isoformat(),
+        "--until",
+        until.isoformat(),
+        "--dsn",
+        db.analyst_dsn,
+        "--metadata",
+        str(model_dir),
+        "--out-dir",
+        str(out),
+        *extra,
+    ]
     return CliRunner().invoke(_app(), args)
 
 
@@ -111,10 +139,12 @@ def test_load_summary_counts(stream: dict[str, Any]) -> None:
     assert clean.label_errors == 0
 
 
-def test_drift_cli_clean_window(audit_db: AuditDb, model_dir: Path, stream: dict[str, Any],
-                                tmp_path: Path) -> None:  # fmt: skip
-    r = _drift(audit_db, model_dir, stream["t0"], stream["t1"], tmp_path, "--json",
-               "--fail-on-drift")  # fmt: skip
+def test_drift_cli_clean_window(
+    audit_db: AuditDb, model_dir: Path, stream: dict[str, Any], tmp_path: Path
+) -> None:
+    r = _drift(
+        audit_db, model_dir, stream["t0"], stream["t1"], tmp_path, "--json", "--fail-on-drift"
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["drift"]["rows"] == 1_200
@@ -123,8 +153,9 @@ def test_drift_cli_clean_window(audit_db: AuditDb, model_dir: Path, stream: dict
     assert [Path(p).name for p in doc["plots"]] == ["summary.png"]
 
 
-def test_drift_cli_shifted_window(audit_db: AuditDb, model_dir: Path, stream: dict[str, Any],
-                                  tmp_path: Path) -> None:  # fmt: skip
+def test_drift_cli_shifted_window(
+    audit_db: AuditDb, model_dir: Path, stream: dict[str, Any], tmp_path: Path
+) -> None:
     r = _drift(audit_db, model_dir, stream["t1"], stream["t2"], tmp_path, "--fail-on-drift")
     assert r.exit_code == 1, r.output
     assert "DRIFT" in r.stdout
@@ -135,8 +166,10 @@ def test_drift_cli_shifted_window(audit_db: AuditDb, model_dir: Path, stream: di
     assert doc["drift"]["dataset_drift"] is True
     assert doc["quality"]["labeled"] == stream["shifted"].labels_posted
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [
-        "drift_distance_from_home_km.png", "drift_merchant_category.png", "summary.png",
-    ]  # fmt: skip
+        "drift_distance_from_home_km.png",
+        "drift_merchant_category.png",
+        "summary.png",
+    ]
 
 
 def test_drift_cli_usage_errors(audit_db: AuditDb, model_dir: Path, tmp_path: Path) -> None:
@@ -177,8 +210,14 @@ def test_load_with_concurrency_against_a_mock_service() -> None:
         return httpx.Response(404)
 
     client = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://127.0.0.1:1")
-    cfg = LoadConfig(rate=2_000, duration_s=0.5, drift_after_s=0.25, label_fraction=0.25,
-                     label_delay_s=0.0, concurrency=8)  # fmt: skip
+    cfg = LoadConfig(
+        rate=2_000,
+        duration_s=0.5,
+        drift_after_s=0.25,
+        label_fraction=0.25,
+        label_delay_s=0.0,
+        concurrency=8,
+    )
     clock = VirtualClock()
     summary = run_load(cfg, client=client, check_host=False, clock=clock, sleep=clock.sleep)
     assert summary.sent == summary.ok == 1_000

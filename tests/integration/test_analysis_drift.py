@@ -57,9 +57,14 @@ def run_drift(db: AuditDb, profile: dict[str, Any], version: str) -> drift.Drift
             conn, refs, model_version=version, since=since, until=until
         )
     return drift.evaluate(
-        refs, hists, drift.DriftThresholds(), model_version=version,
-        since=since.isoformat(), until=until.isoformat(), rows=rows,
-    )  # fmt: skip
+        refs,
+        hists,
+        drift.DriftThresholds(),
+        model_version=version,
+        since=since.isoformat(),
+        until=until.isoformat(),
+        rows=rows,
+    )
 
 
 def test_no_drift_gives_no_drift_verdict(
@@ -87,14 +92,18 @@ def test_psi_from_sql_equals_numpy_on_the_same_rows(
     with psycopg.connect(audit_db.analyst_dsn) as conn:
         for version in ("v-clean", "v-drift"):
             hists, _ = store.drift_histograms(
-                conn, list(refs.values()), model_version=version, since=T0,
+                conn,
+                list(refs.values()),
+                model_version=version,
+                since=T0,
                 until=T0 + timedelta(hours=1),
-            )  # fmt: skip
+            )
             payloads = [
-                r[0] for r in conn.execute(
+                r[0]
+                for r in conn.execute(
                     "SELECT features FROM predictions WHERE model_version = %s", (version,)
                 ).fetchall()
-            ]  # fmt: skip
+            ]
             for name, ref in refs.items():
                 if isinstance(ref, drift.NumericReference):
                     values = np.array([float(p[name]) for p in payloads])
@@ -121,9 +130,13 @@ def test_quality_equals_scikit_learn(audit_db: AuditDb) -> None:
     probs = np.round(np.clip(0.3 * labels + rng.beta(1.0, 6.0, n), 0, 1), 2)
     start = T0 + timedelta(days=1)
     ids = insert_predictions(
-        audit_db.writer_dsn, rows, model_version="v-quality", start=start,
-        probabilities=probs.tolist(), threshold=0.35,
-    )  # fmt: skip
+        audit_db.writer_dsn,
+        rows,
+        model_version="v-quality",
+        start=start,
+        probabilities=probs.tolist(),
+        threshold=0.35,
+    )
     labeled = np.flatnonzero(rng.random(n) < 0.6)
     with psycopg.connect(audit_db.writer_dsn) as conn, conn.cursor() as cur:
         cur.executemany(
@@ -132,9 +145,12 @@ def test_quality_equals_scikit_learn(audit_db: AuditDb) -> None:
         )
     with psycopg.connect(audit_db.analyst_dsn) as conn:
         counts = store.quality_counts(
-            conn, model_version="v-quality", since=start, until=start + timedelta(hours=1),
+            conn,
+            model_version="v-quality",
+            since=start,
+            until=start + timedelta(hours=1),
             threshold=0.35,
-        )  # fmt: skip
+        )
     q = quality_from_counts(counts, 0.35)
     y, p = labels[labeled], probs[labeled]
     pred = (p >= 0.35).astype(int)

@@ -30,12 +30,23 @@ pytestmark = pytest.mark.integration
 def _metadata() -> ModelMetadata:
     cols, _ = data.generate_arrays(40_000, seed=11)
     return ModelMetadata(
-        name="card-fraud", version="v-job", estimator="X", feature_schema=card_fraud_schema(),
-        classes=(0, 1), positive_class=1, decision_threshold=0.5, metrics={},
-        trained_at=datetime.now(UTC), training_seconds=0.0, training_rows=40_000, seed=11,
-        artifact="model.skops", artifact_sha256="0" * 64, artifact_format="skops",
+        name="card-fraud",
+        version="v-job",
+        estimator="X",
+        feature_schema=card_fraud_schema(),
+        classes=(0, 1),
+        positive_class=1,
+        decision_threshold=0.5,
+        metrics={},
+        trained_at=datetime.now(UTC),
+        training_seconds=0.0,
+        training_rows=40_000,
+        seed=11,
+        artifact="model.skops",
+        artifact_sha256="0" * 64,
+        artifact_format="skops",
         reference_profile=reference_profile(card_fraud_schema(), cols),
-    )  # fmt: skip
+    )
 
 
 def _points(reader: InMemoryMetricReader) -> dict[str, list[tuple[float, dict[str, Any]]]]:
@@ -56,9 +67,12 @@ def test_job_exports_drift_and_quality_gauges(audit_db: AuditDb) -> None:
     probs = np.clip(0.5 * labels + rng.beta(1, 8, len(labels)), 0, 1)
     start = datetime.now(UTC) - timedelta(minutes=30)
     ids = insert_predictions(
-        audit_db.writer_dsn, rows, model_version="v-job", start=start,
+        audit_db.writer_dsn,
+        rows,
+        model_version="v-job",
+        start=start,
         probabilities=probs.tolist(),
-    )  # fmt: skip
+    )
     with psycopg.connect(audit_db.writer_dsn) as conn, conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO outcomes (prediction_id, label, received_at) VALUES (%s, %s, now())",
@@ -71,8 +85,9 @@ def test_job_exports_drift_and_quality_gauges(audit_db: AuditDb) -> None:
     points = _points(reader)
     detected = {a["feature"]: v for v, a in points[names.DRIFT_DETECTED]}
     assert {f for f, v in detected.items() if v == 1.0} == {
-        "distance_from_home_km", "merchant_category",
-    }  # fmt: skip
+        "distance_from_home_km",
+        "merchant_category",
+    }
     assert len(points[names.DRIFT_PSI]) == 16
     assert {a["statistic"] for _, a in points[DRIFT_STATISTIC]} == {"wasserstein", "jensen_shannon"}
     assert points[DRIFT_DATASET][0][0] == 1.0

@@ -51,19 +51,39 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def _result() -> tuple[ModelMetadata, AnalysisResult]:
     meta = ModelMetadata(
-        name="card-fraud", version="v-names", estimator="X", feature_schema=card_fraud_schema(),
-        classes=(0, 1), positive_class=1, decision_threshold=0.5, metrics={},
-        trained_at=datetime.now(UTC), training_seconds=0.0, training_rows=1, seed=1,
-        artifact="model.skops", artifact_sha256="0" * 64, artifact_format="skops",
+        name="card-fraud",
+        version="v-names",
+        estimator="X",
+        feature_schema=card_fraud_schema(),
+        classes=(0, 1),
+        positive_class=1,
+        decision_threshold=0.5,
+        metrics={},
+        trained_at=datetime.now(UTC),
+        training_seconds=0.0,
+        training_rows=1,
+        seed=1,
+        artifact="model.skops",
+        artifact_sha256="0" * 64,
+        artifact_format="skops",
         reference_profile={},
-    )  # fmt: skip
+    )
     stats = (
         StatisticResult("psi", 0.3, 0.2, True),
         StatisticResult("wasserstein", 0.2, 0.15, True),
     )
     feature = FeatureDrift("distance_from_home_km", "numeric", 5000, 0, stats, "drift")
-    report = DriftReport("v-names", "a", "b", 5000, (feature,), ("distance_from_home_km",), True,
-                         1, DriftThresholds())  # fmt: skip
+    report = DriftReport(
+        "v-names",
+        "a",
+        "b",
+        5000,
+        (feature,),
+        ("distance_from_home_km",),
+        True,
+        1,
+        DriftThresholds(),
+    )
     quality = Quality(0.5, 5000, 1000, 0.2, 30, 20, 10, 960, 10, 0.66, 0.66, 0.9, 0.02)
     return meta, AnalysisResult(report, quality)
 
@@ -98,8 +118,9 @@ def test_rule_metric_names_exist_in_prometheus(prometheus: str) -> None:
     with contextlib.suppress(PollTimeout):
         poll(complete, 20, "every name the rules use", interval_s=0.5)
     assert sorted(used - present) == [], f"present: {sorted(present)}"
-    q = httpx.get(f"{prometheus}/api/v1/query",
-                  params={"query": names.prometheus_name(names.DRIFT_DETECTED)}).json()  # fmt: skip
+    q = httpx.get(
+        f"{prometheus}/api/v1/query", params={"query": names.prometheus_name(names.DRIFT_DETECTED)}
+    ).json()
     labels = q["data"]["result"][0]["metric"]
     assert labels["model_name"] == "card-fraud"
     assert labels["model_version"] == "v-names"

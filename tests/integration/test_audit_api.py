@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import psycopg
@@ -41,16 +42,19 @@ def test_n_predictions_through_the_api_make_n_rows(
     audit_db: AuditDb, api_model: LoadedModel, tmp_path: Path
 ) -> None:
     settings = Settings(
-        environment="test", otlp_enabled=False, database_url=audit_db.writer_dsn,  # type: ignore[arg-type]
-        audit_spool_dir=tmp_path / "spool", audit_flush_interval_s=0.05,
-    )  # fmt: skip
+        environment="test",
+        otlp_enabled=False,
+        database_url=audit_db.writer_dsn,
+        audit_spool_dir=tmp_path / "spool",
+        audit_flush_interval_s=0.05,
+    )
     app = create_app(settings, model=api_model, metric_readers=[InMemoryMetricReader()])
     rows, _ = generate_transactions(40, seed=21)
-    sent: dict[UUID, tuple[dict[str, object], dict[str, object]]] = {}
+    sent: dict[UUID, tuple[dict[str, Any], dict[str, Any]]] = {}
     with TestClient(app) as client:
         assert isinstance(app.state.runtime.audit, PostgresAuditWriter)
         for i, features in enumerate(rows):
-            body = {
+            body: dict[str, Any] = {
                 "features": features,
                 "entity": {"type": "account", "id": f'it\'s \\ "{i}" ü'},
                 "request_id": f"req-{i}",
@@ -73,10 +77,10 @@ def test_n_predictions_through_the_api_make_n_rows(
     assert len(got) == len(sent)
     for pid, (body, out) in sent.items():
         row = got[pid]
-        assert row[1].keys() == body["features"].keys()  # type: ignore[attr-defined]
-        for k, v in body["features"].items():  # type: ignore[attr-defined]
+        assert row[1].keys() == body["features"].keys()
+        for k, v in body["features"].items():
             assert row[1][k] == pytest.approx(v) if isinstance(v, float) else row[1][k] == v
-        assert (row[2], row[3]) == (body["entity"]["type"], body["entity"]["id"])  # type: ignore[index]
+        assert (row[2], row[3]) == (body["entity"]["type"], body["entity"]["id"])
         assert row[4] == body["request_id"]
         assert row[5] == out["trace_id"]
         assert row[6] == out["prediction"]

@@ -89,10 +89,22 @@ def test_sigkill_with_spooled_records_replays_all_once(outage_db: AuditDb, tmp_p
     spool_dir, ids_file = tmp_path / "spool", tmp_path / "ids.txt"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.audit_child", outage_db.writer_dsn,
-         str(spool_dir), str(ids_file), str(n_written), str(n_spooled)],
-        cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.audit_child",
+            outage_db.writer_dsn,
+            str(spool_dir),
+            str(ids_file),
+            str(n_written),
+            str(n_spooled),
+        ],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert child.stdout is not None
         assert child.stdin is not None

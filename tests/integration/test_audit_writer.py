@@ -14,7 +14,7 @@ import pytest
 
 from inferwatch.audit import encoding as enc
 from inferwatch.audit.privacy import PrivacyPolicy
-from inferwatch.audit.records import OutcomeRecord
+from inferwatch.audit.records import AuditRecord, OutcomeRecord
 from inferwatch.audit.sink import AuditSink
 from inferwatch.audit.spool import Spool
 from inferwatch.telemetry import instruments as names
@@ -60,10 +60,20 @@ def test_every_field_round_trips_exactly(audit_db: AuditDb, tmp_path: Path) -> N
     for r in recs:
         row = got[r.prediction_id]
         expected = (
-            r.prediction_id, r.ts, r.model_name, r.model_version, r.entity_type, r.entity_id,
-            r.features, r.prediction, r.probability, r.latency_s, r.trace_id, r.span_id,
+            r.prediction_id,
+            r.ts,
+            r.model_name,
+            r.model_version,
+            r.entity_type,
+            r.entity_id,
+            r.features,
+            r.prediction,
+            r.probability,
+            r.latency_s,
+            r.trace_id,
+            r.span_id,
             r.request_id,
-        )  # fmt: skip
+        )
         assert row == expected
     v = metrics.values()
     assert v[names.AUDIT_ENQUEUED] == len(recs)
@@ -180,7 +190,8 @@ def test_refused_record_is_dead_lettered_without_losing_others(
         caplog.at_level(logging.ERROR),
         running_writer(audit_db.writer_dsn, tmp_path, metrics) as w,
     ):
-        for r in [*good[:20], bad, unencodable, *good[20:]]:
+        records: list[AuditRecord] = [*good[:20], bad, unencodable, *good[20:]]
+        for r in records:
             w.submit(r)
     with psycopg.connect(audit_db.admin_dsn) as conn:
         row = conn.execute(
@@ -198,9 +209,12 @@ def test_full_queue_spills_to_spool_not_the_floor(audit_db: AuditDb, tmp_path: P
     from inferwatch.audit.writer import PostgresAuditWriter
 
     w = PostgresAuditWriter(
-        dsn=audit_db.writer_dsn, spool_dir=tmp_path, meter=metrics.meter, queue_size=10,
+        dsn=audit_db.writer_dsn,
+        spool_dir=tmp_path,
+        meter=metrics.meter,
+        queue_size=10,
         flush_interval_s=0.05,
-    )  # fmt: skip
+    )
     recs = [make_prediction(i) for i in range(500)]
     w.spool.open()  # not started yet: the queue cannot drain, so 490 overflow
     for r in recs:

@@ -56,13 +56,18 @@ class App:
 @pytest.fixture
 def app(audit_db: AuditDb, model: LoadedModel, tmp_path: Path) -> Iterator[App]:
     settings = Settings(
-        environment="test", otlp_enabled=False, telemetry_enabled=False,
-        analyst_api_key=KEY, analyst_database_url=audit_db.analyst_dsn,
-    )  # fmt: skip
+        environment="test",
+        otlp_enabled=False,
+        telemetry_enabled=False,
+        analyst_api_key=KEY,
+        analyst_database_url=audit_db.analyst_dsn,
+    )
     writer = PostgresAuditWriter(
-        dsn=audit_db.writer_dsn, spool_dir=tmp_path / "spool",
-        meter=NoOpMeterProvider().get_meter("test"), flush_interval_s=0.05,
-    )  # fmt: skip
+        dsn=audit_db.writer_dsn,
+        spool_dir=tmp_path / "spool",
+        meter=NoOpMeterProvider().get_meter("test"),
+        flush_interval_s=0.05,
+    )
     application = create_app(settings, model=model, audit_sink=writer)
     with TestClient(application, raise_server_exceptions=False) as client:
         yield App(client, writer, audit_db)
@@ -118,12 +123,17 @@ def test_feedback_before_the_prediction_is_flushed_still_joins(app: App) -> None
 def test_feedback_through_the_api_joins_idempotent_and_corrections(app: App) -> None:
     tag = uuid.uuid4().hex[:8]
     preds = _predict(app, 6, f"api-{tag}-")
-    body = {"outcomes": [
-        {"prediction_id": preds[0]["prediction_id"], "label": 0},
-        {"prediction_id": preds[1]["prediction_id"], "label": 1,
-         "observed_at": "2026-11-01T10:00:00+00:00"},
-        {"entity": {"type": "txn", "id": f"api-{tag}-2"}, "label": 1},
-    ]}  # fmt: skip
+    body = {
+        "outcomes": [
+            {"prediction_id": preds[0]["prediction_id"], "label": 0},
+            {
+                "prediction_id": preds[1]["prediction_id"],
+                "label": 1,
+                "observed_at": "2026-11-01T10:00:00+00:00",
+            },
+            {"entity": {"type": "txn", "id": f"api-{tag}-2"}, "label": 1},
+        ]
+    }
     assert app.client.post("/v1/feedback", json=body).status_code == 202
     assert app.client.post("/v1/feedback", json=body).status_code == 202  # a retry
     app.flush()
@@ -157,8 +167,10 @@ def test_feedback_through_the_api_joins_idempotent_and_corrections(app: App) -> 
     ("body", "field"),
     [
         ({"label": 1}, "prediction_id"),
-        ({"prediction_id": str(uuid.uuid4()), "entity": {"type": "t", "id": "x"}, "label": 1},
-         "prediction_id"),
+        (
+            {"prediction_id": str(uuid.uuid4()), "entity": {"type": "t", "id": "x"}, "label": 1},
+            "prediction_id",
+        ),
         ({"prediction_id": "not-a-uuid", "label": 1}, "prediction_id"),
         ({"prediction_id": str(uuid.uuid4()), "label": 2}, "label"),
         ({"prediction_id": str(uuid.uuid4()), "label": True}, "label"),
@@ -167,18 +179,24 @@ def test_feedback_through_the_api_joins_idempotent_and_corrections(app: App) -> 
         ({"entity": {"type": "t"}, "label": 0}, "entity.id"),
         ({"entity": {"type": "t", "id": "a\x00b"}, "label": 0}, "entity.id"),
         ({"entity": "x", "label": 0}, "entity"),
-        ({"prediction_id": str(uuid.uuid4()), "label": 1, "observed_at": "yesterday"},
-         "observed_at"),
-        ({"prediction_id": str(uuid.uuid4()), "label": 1, "observed_at": "2026-01-01T00:00:00"},
-         "observed_at"),
-        ({"prediction_id": str(uuid.uuid4()), "label": 1, "observed_at": "2999-01-01T00:00:00Z"},
-         "observed_at"),
+        (
+            {"prediction_id": str(uuid.uuid4()), "label": 1, "observed_at": "yesterday"},
+            "observed_at",
+        ),
+        (
+            {"prediction_id": str(uuid.uuid4()), "label": 1, "observed_at": "2026-01-01T00:00:00"},
+            "observed_at",
+        ),
+        (
+            {"prediction_id": str(uuid.uuid4()), "label": 1, "observed_at": "2999-01-01T00:00:00Z"},
+            "observed_at",
+        ),
         ({"prediction_id": str(uuid.uuid4()), "label": 1, "extra": 1}, "extra"),
         ({"outcomes": []}, "outcomes"),
         ({"outcomes": [{"label": 1}]}, "outcomes[0].prediction_id"),
         ([1, 2], "body"),
     ],
-)  # fmt: skip
+)
 def test_feedback_rejects_bad_input_with_a_clear_4xx(app: App, body: Any, field: str) -> None:
     r = app.client.post("/v1/feedback", json=body)
     assert r.status_code == 422, r.text
@@ -196,8 +214,9 @@ def test_feedback_malformed_and_oversized(app: App) -> None:
     assert r.json()["error"] == "batch_too_large"
 
 
-@pytest.mark.parametrize("path", ["/v1/monitoring/latency", "/v1/monitoring/predictions",
-                                  "/v1/monitoring/distribution"])  # fmt: skip
+@pytest.mark.parametrize(
+    "path", ["/v1/monitoring/latency", "/v1/monitoring/predictions", "/v1/monitoring/distribution"]
+)
 @pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": KEY + "x"}])
 def test_monitoring_requires_the_analyst_key(app: App, path: str, headers: dict[str, str]) -> None:
     r = app.client.get(path, headers=headers)
@@ -213,8 +232,9 @@ def test_monitoring_answers_from_the_audit_table(app: App) -> None:
     version = preds[0]["model_version"]
     # exact percentiles over the window equal numpy's linear interpolation
     since = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()
-    r = app.client.get("/v1/monitoring/latency", headers=h,
-                       params={"model_version": version, "since": since})  # fmt: skip
+    r = app.client.get(
+        "/v1/monitoring/latency", headers=h, params={"model_version": version, "since": since}
+    )
     assert r.status_code == 200, r.text
     lat = app.analyst(
         "SELECT latency_s FROM predictions WHERE model_version = %s AND ts >= %s",
@@ -244,11 +264,18 @@ def test_monitoring_answers_from_the_audit_table(app: App) -> None:
     one = app.client.get("/v1/monitoring/predictions", headers=h, params=params).json()
     assert [p["prediction_id"] for p in one["predictions"]] == [preds[3]["prediction_id"]]
     assert one["predictions"][0]["features"]["merchant_category"]
-    dist = app.client.get("/v1/monitoring/distribution", headers=h,
-                          params={"model_version": version, "bins": 5}).json()  # fmt: skip
+    dist = app.client.get(
+        "/v1/monitoring/distribution", headers=h, params={"model_version": version, "bins": 5}
+    ).json()
     assert dist["count"] == sum(b["count"] for b in dist["probability_histogram"])
     assert dist["count"] >= 25
-    assert app.client.get("/v1/monitoring/predictions", headers=h,
-                          params={"cursor": "garbage"}).status_code == 422  # fmt: skip
-    assert app.client.get("/v1/monitoring/predictions", headers=h,
-                          params={"limit": 0}).status_code == 422  # fmt: skip
+    assert (
+        app.client.get(
+            "/v1/monitoring/predictions", headers=h, params={"cursor": "garbage"}
+        ).status_code
+        == 422
+    )
+    assert (
+        app.client.get("/v1/monitoring/predictions", headers=h, params={"limit": 0}).status_code
+        == 422
+    )

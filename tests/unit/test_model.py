@@ -132,7 +132,7 @@ def test_predictor_applies_the_decision_threshold(trained: Path) -> None:
 
 def test_any_sklearn_classifier_with_predict_proba_serves(tmp_path: Path) -> None:
     for kind in ("rf",):
-        meta = train_model(tmp_path, version=kind, estimator=kind, n_rows=2_000, seed=1)  # type: ignore[arg-type]
+        meta = train_model(tmp_path, version=kind, estimator=kind, n_rows=2_000, seed=1)
         predictor = Predictor(load_model(tmp_path / meta.name / meta.version))
         rows, _ = data.generate_transactions(3, seed=1)
         assert len(predictor.predict(rows)) == 3

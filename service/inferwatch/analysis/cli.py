@@ -101,13 +101,24 @@ def drift(
         raise typer.BadParameter("--since must be before --until")
     meta = _metadata(model_dir, model_name, model_version, metadata)
     thresholds = DriftThresholds(
-        psi=psi_threshold, wasserstein=wasserstein_threshold, jensen_shannon=js_threshold,
-        min_rows=min_rows, dataset_drift_share=drift_share,
-    )  # fmt: skip
-    steps = ["drift histograms and PSI (SQL)", "quality on labeled rows (SQL)",
-             "statistics and verdicts"]  # fmt: skip
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               MofNCompleteColumn(), TimeElapsedColumn())  # fmt: skip
+        psi=psi_threshold,
+        wasserstein=wasserstein_threshold,
+        jensen_shannon=js_threshold,
+        min_rows=min_rows,
+        dataset_drift_share=drift_share,
+    )
+    steps = [
+        "drift histograms and PSI (SQL)",
+        "quality on labeled rows (SQL)",
+        "statistics and verdicts",
+    ]
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     try:
         with Progress(*columns, console=err, transient=True) as progress:
             task = progress.add_task("connecting", total=len(steps))
@@ -118,9 +129,15 @@ def drift(
                 progress.update(task, completed=done["n"], description=name)
 
             result = analyse(
-                dsn, meta, model_version=model_version, since=lo, until=hi,
-                thresholds=thresholds, exclude=exclude or (), step=step,
-            )  # fmt: skip
+                dsn,
+                meta,
+                model_version=model_version,
+                since=lo,
+                until=hi,
+                thresholds=thresholds,
+                exclude=exclude or (),
+                step=step,
+            )
             progress.update(task, completed=len(steps))
     except psycopg.Error as exc:
         err.print(f"[red]database error: {type(exc).__name__}: {str(exc).strip()[:300]}[/]")
@@ -130,8 +147,11 @@ def drift(
     for p in paths:
         err.print(f"wrote {p}")
     if json_out:
-        doc = {"drift": result.drift.to_dict(), "quality": result.quality.to_dict(),
-               "plots": [str(p) for p in paths]}  # fmt: skip
+        doc = {
+            "drift": result.drift.to_dict(),
+            "quality": result.quality.to_dict(),
+            "plots": [str(p) for p in paths],
+        }
         sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
     if fail_on_drift and result.drift.dataset_drift:
         raise typer.Exit(1)
@@ -152,13 +172,24 @@ def load(
 ) -> None:
     """Send realistic transactions to /v1/predict (and labels to /v1/feedback)."""
     cfg = LoadConfig(
-        url=url, rate=rate, duration_s=duration, drift_after_s=drift_after,
-        label_fraction=label_fraction, label_delay_s=label_delay, seed=seed,
+        url=url,
+        rate=rate,
+        duration_s=duration,
+        drift_after_s=drift_after,
+        label_fraction=label_fraction,
+        label_delay_s=label_delay,
+        seed=seed,
         concurrency=concurrency,
-    )  # fmt: skip
+    )
     err = Console(stderr=True)
-    columns = (SpinnerColumn(), TextColumn("load"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    columns = (
+        SpinnerColumn(),
+        TextColumn("load"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     try:
         with Progress(*columns, console=err, transient=True) as progress:
             task = progress.add_task("load", total=cfg.total)
@@ -207,10 +238,12 @@ def analysis_job(
     meta = _metadata(model_dir, model_name, model_version, metadata)
     now = parse_when("now")
     cfg = JobConfig(
-        model_version=model_version, drift_window=now - parse_when("-" + window, now),
+        model_version=model_version,
+        drift_window=now - parse_when("-" + window, now),
         quality_window=now - parse_when("-" + quality_window, now),
-        interval=now - parse_when("-" + interval, now), exclude=tuple(exclude or ()),
-    )  # fmt: skip
+        interval=now - parse_when("-" + interval, now),
+        exclude=tuple(exclude or ()),
+    )
     provider = meter_provider()
     gauges = AnalysisGauges(provider.get_meter("inferwatch.analysis"))
     try:

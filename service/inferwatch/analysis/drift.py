@@ -312,10 +312,16 @@ def evaluate_feature(
         "insufficient data" if not enough else ("drift" if any(s.drift for s in stats) else "ok")
     )
     return FeatureDrift(
-        feature=ref.name, kind=kind, n=n, missing=hist.missing, statistics=stats,
-        verdict=verdict, buckets=labels, reference=tuple(float(x) for x in r),
+        feature=ref.name,
+        kind=kind,
+        n=n,
+        missing=hist.missing,
+        statistics=stats,
+        verdict=verdict,
+        buckets=labels,
+        reference=tuple(float(x) for x in r),
         window=tuple(float(x) for x in c),
-    )  # fmt: skip
+    )
 
 
 def evaluate(
@@ -337,10 +343,16 @@ def evaluate(
     drifted = tuple(f.feature for f in results if f.verdict == "drift")
     need = thresholds.min_drifted_features(len(results))
     return DriftReport(
-        model_version=model_version, since=since, until=until, rows=rows, features=results,
-        drifted=drifted, dataset_drift=len(drifted) >= need, min_drifted_features=need,
+        model_version=model_version,
+        since=since,
+        until=until,
+        rows=rows,
+        features=results,
+        drifted=drifted,
+        dataset_drift=len(drifted) >= need,
+        min_drifted_features=need,
         thresholds=thresholds,
-    )  # fmt: skip
+    )
 
 
 def _ordered(

@@ -106,8 +106,12 @@ class AnalysisGauges:
                 continue
             psi, second = f.statistics
             put(names.DRIFT_PSI, psi.value, feature=f.feature)
-            put(DRIFT_STATISTIC, second.value, feature=f.feature,
-                **{ATTR_STATISTIC: second.statistic})  # fmt: skip
+            put(
+                DRIFT_STATISTIC,
+                second.value,
+                feature=f.feature,
+                **{ATTR_STATISTIC: second.statistic},
+            )
             put(names.DRIFT_DETECTED, float(f.verdict == "drift"), feature=f.feature)
         put(DRIFT_DATASET, float(result.drift.dataset_drift))
         q = result.quality
@@ -135,14 +139,22 @@ def meter_provider(readers: Sequence[MetricReader] | None = None) -> MeterProvid
 
 
 def run_once(
-    dsn: str, meta: ModelMetadata, cfg: JobConfig, gauges: AnalysisGauges,
+    dsn: str,
+    meta: ModelMetadata,
+    cfg: JobConfig,
+    gauges: AnalysisGauges,
     now: datetime | None = None,
-) -> AnalysisResult:  # fmt: skip
+) -> AnalysisResult:
     now = now or datetime.now(UTC)
     drift_part = analyse(
-        dsn, meta, model_version=cfg.model_version, since=now - cfg.drift_window, until=now,
-        thresholds=cfg.thresholds, exclude=cfg.exclude,
-    )  # fmt: skip
+        dsn,
+        meta,
+        model_version=cfg.model_version,
+        since=now - cfg.drift_window,
+        until=now,
+        thresholds=cfg.thresholds,
+        exclude=cfg.exclude,
+    )
     quality = (
         drift_part.quality
         if cfg.quality_window == cfg.drift_window
@@ -156,9 +168,12 @@ def run_once(
 
 
 def run_forever(
-    dsn: str, meta: ModelMetadata, cfg: JobConfig, gauges: AnalysisGauges,
+    dsn: str,
+    meta: ModelMetadata,
+    cfg: JobConfig,
+    gauges: AnalysisGauges,
     stop: threading.Event,
-) -> None:  # fmt: skip
+) -> None:
     """Every ``interval``: analyse, publish. A failed run is logged; the gauges keep
     the last good values and ``last_success`` ages, which the staleness alert sees."""
     while not stop.is_set():
@@ -167,9 +182,11 @@ def run_forever(
             result = run_once(dsn, meta, cfg, gauges)
             log.info(
                 "analysis of %s: %d rows, drifted %s, label coverage %s",
-                cfg.model_version, result.drift.rows, list(result.drift.drifted),
+                cfg.model_version,
+                result.drift.rows,
+                list(result.drift.drifted),
                 result.quality.label_coverage,
-            )  # fmt: skip
+            )
         except Exception:
             log.exception("analysis run failed")
         stop.wait(max(1.0, cfg.interval.total_seconds() - (time.monotonic() - started)))

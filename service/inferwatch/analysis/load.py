@@ -100,14 +100,18 @@ class LoadSummary:
     def as_dict(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies_s) if self.latencies_s else np.zeros(1)
         return {
-            "sent": self.sent, "ok": self.ok, "errors": dict(self.errors),
-            "drifted": self.drifted, "labels_posted": self.labels_posted,
-            "label_errors": self.label_errors, "positives_sent": self.positives,
+            "sent": self.sent,
+            "ok": self.ok,
+            "errors": dict(self.errors),
+            "drifted": self.drifted,
+            "labels_posted": self.labels_posted,
+            "label_errors": self.label_errors,
+            "positives_sent": self.positives,
             "elapsed_s": round(self.elapsed_s, 3),
             "achieved_rate": round(self.sent / self.elapsed_s, 1) if self.elapsed_s else 0.0,
             "client_p50_ms": round(float(np.quantile(lat, 0.5)) * 1e3, 3),
             "client_p99_ms": round(float(np.quantile(lat, 0.99)) * 1e3, 3),
-        }  # fmt: skip
+        }
 
 
 class _Stream:

@@ -80,8 +80,13 @@ class MonitoringStore:
         )
         row = rows[0]
         q = row["q"] or [None, None, None]
-        return {"count": int(row["n"]), "p50_s": q[0], "p95_s": q[1], "p99_s": q[2],
-                "max_s": row["max"]}  # fmt: skip
+        return {
+            "count": int(row["n"]),
+            "p50_s": q[0],
+            "p95_s": q[1],
+            "p99_s": q[2],
+            "max_s": row["max"],
+        }
 
     def recent(
         self,
@@ -106,12 +111,16 @@ class MonitoringStore:
             " AND (%(ei)s::text IS NULL OR entity_id = %(ei)s)"
             " ORDER BY ts DESC, prediction_id DESC LIMIT %(limit)s",
             {
-                "floor": now - lookback, "now": now,
+                "floor": now - lookback,
+                "now": now,
                 "cts": cursor.ts if cursor else None,
                 "cid": cursor.prediction_id if cursor else None,
-                "v": model_version, "et": entity_type, "ei": entity_id, "limit": limit,
+                "v": model_version,
+                "et": entity_type,
+                "ei": entity_id,
+                "limit": limit,
             },
-        )  # fmt: skip
+        )
         out = [
             {**r, "prediction_id": str(r["prediction_id"]), "ts": r["ts"].isoformat()} for r in rows
         ]

@@ -34,8 +34,13 @@ def drift_table(report: DriftReport) -> Table:
         f"· {report.rows} rows"
     )
     table = Table(title=title, title_justify="left")
-    for col, justify in (("feature", "left"), ("statistic", "left"), ("value", "right"),
-                         ("threshold", "right"), ("verdict", "left")):  # fmt: skip
+    for col, justify in (
+        ("feature", "left"),
+        ("statistic", "left"),
+        ("value", "right"),
+        ("threshold", "right"),
+        ("verdict", "left"),
+    ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for f in report.features:
         for k, s in enumerate(f.statistics):
@@ -59,11 +64,15 @@ def quality_table(q: Quality) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows: list[tuple[str, Any]] = [
-        ("predictions", q.rows), ("labeled", q.labeled),
-        ("label coverage", _fmt(q.label_coverage)), ("precision", _fmt(q.precision)),
-        ("recall", _fmt(q.recall)), ("ROC AUC", _fmt(q.roc_auc)), ("Brier", _fmt(q.brier)),
+        ("predictions", q.rows),
+        ("labeled", q.labeled),
+        ("label coverage", _fmt(q.label_coverage)),
+        ("precision", _fmt(q.precision)),
+        ("recall", _fmt(q.recall)),
+        ("ROC AUC", _fmt(q.roc_auc)),
+        ("Brier", _fmt(q.brier)),
         ("TP / FP / TN / FN", f"{q.tp} / {q.fp} / {q.tn} / {q.fn}"),
-    ]  # fmt: skip
+    ]
     for name, value in rows:
         table.add_row(name, str(value))
     return table

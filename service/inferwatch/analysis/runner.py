@@ -65,14 +65,23 @@ def analyse(
         )
         step("quality on labeled rows (SQL)")
         counts = store.quality_counts(
-            conn, model_version=model_version, since=since, until=until,
+            conn,
+            model_version=model_version,
+            since=since,
+            until=until,
             threshold=metadata.decision_threshold,
-        )  # fmt: skip
+        )
     step("statistics and verdicts")
     report = drift.evaluate(
-        refs, hists, thresholds, model_version=model_version, since=since.isoformat(),
-        until=until.isoformat(), rows=rows, exclude=exclude,
-    )  # fmt: skip
+        refs,
+        hists,
+        thresholds,
+        model_version=model_version,
+        since=since.isoformat(),
+        until=until.isoformat(),
+        rows=rows,
+        exclude=exclude,
+    )
     return AnalysisResult(report, quality_from_counts(counts, metadata.decision_threshold))
 
 
@@ -83,7 +92,10 @@ def quality_only(
     with psycopg.connect(dsn, connect_timeout=10) as conn:
         conn.read_only = True
         counts = store.quality_counts(
-            conn, model_version=model_version, since=since, until=until,
+            conn,
+            model_version=model_version,
+            since=since,
+            until=until,
             threshold=metadata.decision_threshold,
-        )  # fmt: skip
+        )
     return quality_from_counts(counts, metadata.decision_threshold)

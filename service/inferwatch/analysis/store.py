@@ -116,6 +116,12 @@ def quality_counts(
     assert row is not None
     rows, labeled, tp, fp, tn, fn, brier, rank_sum = row
     return QualityCounts(
-        rows=int(rows), labeled=int(labeled), tp=int(tp), fp=int(fp), tn=int(tn), fn=int(fn),
-        brier_sum=float(brier), positive_rank_sum=float(rank_sum),
-    )  # fmt: skip
+        rows=int(rows),
+        labeled=int(labeled),
+        tp=int(tp),
+        fp=int(fp),
+        tn=int(tn),
+        fn=int(fn),
+        brier_sum=float(brier),
+        positive_rank_sum=float(rank_sum),
+    )

@@ -43,16 +43,43 @@ KIND_PREDICTION: Final = 1
 KIND_OUTCOME: Final = 2
 
 PREDICTION_COLUMNS: Final = (
-    "prediction_id", "ts", "model_name", "model_version", "entity_type", "entity_id",
-    "features", "prediction", "probability", "latency_s", "trace_id", "span_id", "request_id",
-)  # fmt: skip
+    "prediction_id",
+    "ts",
+    "model_name",
+    "model_version",
+    "entity_type",
+    "entity_id",
+    "features",
+    "prediction",
+    "probability",
+    "latency_s",
+    "trace_id",
+    "span_id",
+    "request_id",
+)
 PREDICTION_TYPES: Final = (
-    "uuid", "timestamptz", "text", "text", "text", "text",
-    "jsonb", "smallint", "double precision", "double precision", "text", "text", "text",
-)  # fmt: skip
+    "uuid",
+    "timestamptz",
+    "text",
+    "text",
+    "text",
+    "text",
+    "jsonb",
+    "smallint",
+    "double precision",
+    "double precision",
+    "text",
+    "text",
+    "text",
+)
 OUTCOME_COLUMNS: Final = (
-    "prediction_id", "entity_type", "entity_id", "label", "received_at", "observed_at",
-)  # fmt: skip
+    "prediction_id",
+    "entity_type",
+    "entity_id",
+    "label",
+    "received_at",
+    "observed_at",
+)
 OUTCOME_TYPES: Final = ("uuid", "text", "text", "smallint", "timestamptz", "timestamptz")
 
 COPY_SIGNATURE: Final = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
@@ -214,16 +241,28 @@ def prediction_tuple(r: PredictionRecord, policy: PrivacyPolicy) -> tuple[bytes,
         eb = None if et is None else et.encode()
         ib = None if ei is None else ei.encode()
         qb = None if rq is None else rq.encode()
-        return b"".join((
-            _PRED_HEAD, r.prediction_id.bytes, _ts(r.ts),
-            _const_field(r.model_name), _const_field(r.model_version),
-            _NULL if eb is None else _pack_i4(len(eb)), eb or b"",
-            _NULL if ib is None else _pack_i4(len(ib)), ib or b"",
-            _pack_jsonb_head(len(js) + 1, 1), js,
-            _pack_pred_tail(2, r.prediction, 8, r.probability, 8, r.latency_s),
-            _pack_i4(len(tb)), tb, _pack_i4(len(sb)), sb,
-            _NULL if qb is None else _pack_i4(len(qb)), qb or b"",
-        )), False  # fmt: skip
+        return b"".join(
+            (
+                _PRED_HEAD,
+                r.prediction_id.bytes,
+                _ts(r.ts),
+                _const_field(r.model_name),
+                _const_field(r.model_version),
+                _NULL if eb is None else _pack_i4(len(eb)),
+                eb or b"",
+                _NULL if ib is None else _pack_i4(len(ib)),
+                ib or b"",
+                _pack_jsonb_head(len(js) + 1, 1),
+                js,
+                _pack_pred_tail(2, r.prediction, 8, r.probability, 8, r.latency_s),
+                _pack_i4(len(tb)),
+                tb,
+                _pack_i4(len(sb)),
+                sb,
+                _NULL if qb is None else _pack_i4(len(qb)),
+                qb or b"",
+            )
+        ), False
     except Exception:  # a value needs the careful path (or cannot be stored at all)
         return _careful_prediction_tuple(r, features)
 
@@ -241,12 +280,15 @@ def _careful_prediction_tuple(r: PredictionRecord, features: dict[str, Any]) -> 
         parts.append(b)
         dirty = dirty or d
     parts += [
-        _pack_i4(len(payload) + 1), b"\x01", payload,
+        _pack_i4(len(payload) + 1),
+        b"\x01",
+        payload,
         _pack_i2(2, r.prediction),
         _pack_f8(8, r.probability),
         _pack_f8(8, r.latency_s),
-        t_trace, t_span,
-    ]  # fmt: skip
+        t_trace,
+        t_span,
+    ]
     b, d = _opt_text(r.request_id)
     parts.append(b)
     dirty = dirty or d

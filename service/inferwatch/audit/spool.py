@@ -145,8 +145,9 @@ class Spool:
         if self._segments:
             log.info(
                 "audit spool %s: %d records left by a previous process",
-                self.slot, self.pending_records,
-            )  # fmt: skip
+                self.slot,
+                self.pending_records,
+            )
 
     def close(self) -> None:
         with self._sync_lock, self._lock:

@@ -194,22 +194,29 @@ async def feedback(request: Request, runtime: RuntimeDep) -> Response:
         problems = [Problem(str(k)[:64], "unknown field") for k in body if k != "outcomes"]
         if not isinstance(items, list) or not items:
             raise ApiError(
-                422, "validation", "invalid feedback batch",
+                422,
+                "validation",
+                "invalid feedback batch",
                 [Problem("outcomes", "must be a non-empty list of outcomes")],
-            )  # fmt: skip
+            )
         if len(items) > max_batch:
             raise ApiError(
-                422, "batch_too_large", "batch too large",
+                422,
+                "batch_too_large",
+                "batch too large",
                 [Problem("outcomes", f"must have at most {max_batch} items, got {len(items)}")],
-            )  # fmt: skip
+            )
     else:
         items, problems = [body], []
     records: list[OutcomeRecord] = []
     for i, item in enumerate(items):
         rec, errs = validate_outcome(
-            item, classes=classes, max_string_length=max_len, now=now,
+            item,
+            classes=classes,
+            max_string_length=max_len,
+            now=now,
             prefix=f"outcomes[{i}]." if batch else "",
-        )  # fmt: skip
+        )
         problems.extend(errs)
         if rec is not None:
             records.append(rec)

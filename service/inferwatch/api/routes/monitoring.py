@@ -80,12 +80,17 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except (psycopg.OperationalError, PoolTimeout) as exc:
-        raise ApiError(503, "database_unavailable", f"analyst database unavailable: "
-                       f"{type(exc).__name__}") from None  # fmt: skip
+        raise ApiError(
+            503, "database_unavailable", f"analyst database unavailable: {type(exc).__name__}"
+        ) from None
 
 
-@router.get("/latency", dependencies=[Authorized], responses=_ERRORS,
-            summary="Exact inference latency P50/P95/P99 over a window")  # fmt: skip
+@router.get(
+    "/latency",
+    dependencies=[Authorized],
+    responses=_ERRORS,
+    summary="Exact inference latency P50/P95/P99 over a window",
+)
 def latency(
     store: Store,
     since: datetime | None = None,
@@ -97,8 +102,12 @@ def latency(
     return {"since": lo.isoformat(), "until": hi.isoformat(), "model_version": model_version, **out}
 
 
-@router.get("/predictions", dependencies=[Authorized], responses=_ERRORS,
-            summary="Recent predictions, newest first, keyset-paginated (last 7 days)")  # fmt: skip
+@router.get(
+    "/predictions",
+    dependencies=[Authorized],
+    responses=_ERRORS,
+    summary="Recent predictions, newest first, keyset-paginated (last 7 days)",
+)
 def predictions(
     store: Store,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -114,21 +123,37 @@ def predictions(
         except ValueError:
             problem = Problem("cursor", "must be a next_cursor from a previous page")
             raise ApiError(422, "validation", "invalid cursor", [problem]) from None
-    for name, value in (("entity_type", entity_type), ("entity_id", entity_id),
-                        ("model_version", model_version)):  # fmt: skip
+    for name, value in (
+        ("entity_type", entity_type),
+        ("entity_id", entity_id),
+        ("model_version", model_version),
+    ):
         if value is not None and "\x00" in value:
-            raise ApiError(422, "validation", "invalid filter",
-                           [Problem(name, "must not contain NUL characters")])  # fmt: skip
+            raise ApiError(
+                422,
+                "validation",
+                "invalid filter",
+                [Problem(name, "must not contain NUL characters")],
+            )
     rows, nxt = _run(
-        store.recent, limit=limit, cursor=pos, model_version=model_version,
-        entity_type=entity_type, entity_id=entity_id, lookback=RECENT_LOOKBACK,
+        store.recent,
+        limit=limit,
+        cursor=pos,
+        model_version=model_version,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        lookback=RECENT_LOOKBACK,
         now=datetime.now(UTC),
-    )  # fmt: skip
+    )
     return {"predictions": rows, "next_cursor": nxt.encode() if nxt else None}
 
 
-@router.get("/distribution", dependencies=[Authorized], responses=_ERRORS,
-            summary="Class mix and probability histogram over the last hour")  # fmt: skip
+@router.get(
+    "/distribution",
+    dependencies=[Authorized],
+    responses=_ERRORS,
+    summary="Class mix and probability histogram over the last hour",
+)
 def distribution(
     store: Store,
     model_version: Annotated[str | None, Query(max_length=128)] = None,
