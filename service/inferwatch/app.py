@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from inferwatch import __version__
 from inferwatch.analysis.monitoring import MonitoringStore
-from inferwatch.api.errors import install_error_handlers
+from inferwatch.api.handlers import install_error_handlers
 from inferwatch.api.routes import feedback, health, monitoring, predict
 from inferwatch.api.routes import model as model_routes
 from inferwatch.api.runtime import Runtime
