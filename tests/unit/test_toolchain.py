@@ -2,7 +2,7 @@
 
 scripts/test runs `ruff check .`, `ruff format --check .` and `mypy` (files from
 pyproject.toml); these tests keep those commands covering everything and keep the
-formatter in charge of layout (no `fmt: skip` / `fmt: off` opt-outs).
+formatter in charge of layout (no opt-out comments that switch it off for a line or a block).
 """
 
 from __future__ import annotations
