@@ -18,6 +18,7 @@ from pathlib import Path
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)", re.MULTILINE)
@@ -74,9 +75,11 @@ def test_lock_is_exactly_the_transitive_closure() -> None:
 
 
 def test_environment_is_the_lock() -> None:
+    # versions compared as PEP 440 versions: a wheel may spell its own "v0.0.21"
+    # (grafana-foundation-sdk does), which is version 0.0.21
     installed = {
-        canonicalize_name(d.metadata["Name"]): d.version
+        canonicalize_name(d.metadata["Name"]): Version(d.version)
         for d in metadata.distributions()
         if canonicalize_name(d.metadata["Name"]) not in ("inferwatch", "pip")
     }
-    assert installed == locked()
+    assert installed == {name: Version(v) for name, v in locked().items()}
