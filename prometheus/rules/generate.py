@@ -52,7 +52,7 @@ def _num(x: float) -> str:
     return repr(round(x, 10)).removesuffix(".0") if float(x).is_integer() else repr(round(x, 10))
 
 
-_UNIT_S = {"m": 60, "h": 3600, "d": 86400}
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _seconds(duration: str) -> int:
@@ -106,45 +106,99 @@ def recording_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
     return rules
 
 
-def slo_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
+# Evaluation interval of the inferwatch.slo group: the SLI and burn-rate rules of the alert
+# windows. The SLO-window history (slo_window_rules) counts that group's samples, so it is
+# set here once.
+SLO_GROUP_INTERVAL = "30s"
+
+
+def _window_rules(slo: dict[str, Any], w: str) -> list[dict[str, Any]]:
+    """SLI, error ratio and burn rate of both SLOs over window `w`."""
     job = f'job="{slo["service_job"]}"'
     lat, err = slo["latency"], slo["errors"]
     m, t = prom(names.INFERENCE_DURATION), _num(lat["threshold_seconds"])
     ok = f"{job}, {lat['matcher']}"
     e, route, bad = prom(names.HTTP_SERVER_DURATION), err["route_matcher"], err["error_matcher"]
     lat_budget, err_budget = _num(1 - lat["objective"]), _num(1 - err["objective"])
-    rules: list[dict[str, Any]] = []
-    for w in windows(slo):
-        rules += [
+    return [
+        {
+            # fraction of predictions at most `threshold_seconds` long (the SLI)
+            "record": f"inferwatch:inference_latency_sli:ratio_rate{w}",
+            "expr": (
+                f"histogram_fraction(0, {t}, sum by (model_name) (rate({m}{{{ok}}}[{w}])))\n"
+                f"or\n"
+                f'sum by (model_name) (rate({m}_bucket{{{ok}, le="{t}"}}[{w}]))\n'
+                f"  / sum by (model_name) (rate({m}_count{{{ok}}}[{w}]))"
+            ),
+        },
+        {
+            "record": f"inferwatch:inference_latency_burn:rate{w}",
+            "expr": (f"(1 - inferwatch:inference_latency_sli:ratio_rate{w}) / {lat_budget}"),
+        },
+        {
+            "record": f"inferwatch:http_errors:ratio_rate{w}",
+            "expr": (
+                f"(\n  sum(histogram_count(rate({e}{{{job}, {route}, {bad}}}[{w}])))\n"
+                f"  or sum(rate({e}_count{{{job}, {route}, {bad}}}[{w}]))\n"
+                f"  or vector(0)\n)\n/\n(\n"
+                f"  sum(histogram_count(rate({e}{{{job}, {route}}}[{w}])))\n"
+                f"  or sum(rate({e}_count{{{job}, {route}}}[{w}]))\n)"
+            ),
+        },
+        {
+            "record": f"inferwatch:http_errors_burn:rate{w}",
+            "expr": f"inferwatch:http_errors:ratio_rate{w} / {err_budget}",
+        },
+    ]
+
+
+def slo_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
+    """The alert windows' rules, and each SLO's objective and window as series: dashboards
+    read them from here instead of repeating slo.yml's numbers."""
+    rules = [r for w in windows(slo) for r in _window_rules(slo, w)]
+    for name in ("latency", "errors"):
+        rules.append(
             {
-                # fraction of predictions at most `threshold_seconds` long (the SLI)
-                "record": f"inferwatch:inference_latency_sli:ratio_rate{w}",
-                "expr": (
-                    f"histogram_fraction(0, {t}, sum by (model_name) (rate({m}{{{ok}}}[{w}])))\n"
-                    f"or\n"
-                    f'sum by (model_name) (rate({m}_bucket{{{ok}, le="{t}"}}[{w}]))\n'
-                    f"  / sum by (model_name) (rate({m}_count{{{ok}}}[{w}]))"
-                ),
-            },
+                "record": "inferwatch:slo_objective:ratio",
+                "expr": f"vector({_num(slo[name]['objective'])})",
+                "labels": {"slo": name},
+            }
+        )
+    rules.append(
+        {"record": "inferwatch:slo_window:seconds", "expr": f"vector({_seconds(slo['window'])})"}
+    )
+    return rules
+
+
+def slo_window_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
+    """Error budget remaining over the whole SLO window, and how much of that window
+    Prometheus has history for.
+
+    The budget is 1 - the window's burn rate (the share of the budget spent), clamped to
+    [0, 1]: 0 means spent (or overspent: the burn-rate series say by how much). NaN when the
+    window holds no request at all. History: the share of the window for which the 5m SLI
+    was recorded (samples of the inferwatch.slo group, one per SLO_GROUP_INTERVAL), so a
+    budget computed from a few hours of data says so instead of passing for 30 days.
+    """
+    w = slo["window"]
+    window_s, step_s = _seconds(w), _seconds(SLO_GROUP_INTERVAL)
+    rules = _window_rules(slo, w)
+    for sli, prefix in (
+        ("inferwatch:inference_latency_sli:ratio_rate5m", "inferwatch:inference_latency"),
+        ("inferwatch:http_errors:ratio_rate5m", "inferwatch:http_errors"),
+    ):
+        rules.append(
             {
-                "record": f"inferwatch:inference_latency_burn:rate{w}",
-                "expr": (f"(1 - inferwatch:inference_latency_sli:ratio_rate{w}) / {lat_budget}"),
-            },
+                "record": f"{prefix}_budget_remaining:ratio",
+                "expr": f"clamp(1 - {prefix}_burn:rate{w}, 0, 1)",
+            }
+        )
+        rules.append(
             {
-                "record": f"inferwatch:http_errors:ratio_rate{w}",
-                "expr": (
-                    f"(\n  sum(histogram_count(rate({e}{{{job}, {route}, {bad}}}[{w}])))\n"
-                    f"  or sum(rate({e}_count{{{job}, {route}, {bad}}}[{w}]))\n"
-                    f"  or vector(0)\n)\n/\n(\n"
-                    f"  sum(histogram_count(rate({e}{{{job}, {route}}}[{w}])))\n"
-                    f"  or sum(rate({e}_count{{{job}, {route}}}[{w}]))\n)"
-                ),
-            },
-            {
-                "record": f"inferwatch:http_errors_burn:rate{w}",
-                "expr": f"inferwatch:http_errors:ratio_rate{w} / {err_budget}",
-            },
-        ]
+                "record": f"{prefix}_window_history:ratio",
+                "expr": f"clamp_max(count_over_time({sli}[{w}]) * {step_s} / {window_s}, 1)",
+            }
+        )
     return rules
 
 
@@ -427,7 +481,12 @@ def rules_doc(slo: dict[str, Any]) -> dict[str, Any]:
     return {
         "groups": [
             {"name": "inferwatch.recording", "rules": recording_rules(slo)},
-            {"name": "inferwatch.slo", "interval": "30s", "rules": slo_rules(slo)},
+            {"name": "inferwatch.slo", "interval": SLO_GROUP_INTERVAL, "rules": slo_rules(slo)},
+            {
+                "name": "inferwatch.slo_window",
+                "interval": slo["budget_interval"],
+                "rules": slo_window_rules(slo),
+            },
             {"name": "inferwatch.alerts", "rules": alert_rules(slo)},
         ]
     }
