@@ -177,10 +177,10 @@ def test_the_citation_check_finds_what_is_stale() -> None:
     assert exists("collector/", "README.md")
     assert exists("../stack/ports.env", "scripts/run")
     assert not exists("docs/api.md", "service/inferwatch/settings.py")
-    assert not exists("grafana/", "README.md")
+    assert not exists("loki/", "README.md")
     assert not exists("DESIGN.md", "docs/decisions.md")
     assert not exists("../shared/DESIGN.md", "docs/decisions.md")
     assert not exists("../../x/README.md", "docs/decisions.md")
-    text = "see ../shared/STYLE.md and /work/shared/DESIGN.md, `grafana/`, docs/api.md"
+    text = "see ../shared/STYLE.md and /work/shared/DESIGN.md, `loki/`, docs/api.md"
     found = {m.group(1) for r in (PATH_RE, BARE_RE, DIR_RE, MACHINE_RE) for m in r.finditer(text)}
-    assert found == {"../shared/STYLE.md", "/work/shared/DESIGN.md", "grafana/", "docs/api.md"}
+    assert found == {"../shared/STYLE.md", "/work/shared/DESIGN.md", "loki/", "docs/api.md"}
