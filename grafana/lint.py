@@ -201,6 +201,11 @@ def interpolate_sql(
 
 
 # --- walking dashboards ----------------------------------------------------------------------
+def load_board(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
 def panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """Every panel that shows data (rows' nested panels included, rows themselves not)."""
     for p in dashboard.get("panels", []):
@@ -272,10 +277,11 @@ def _children(node: Any) -> list[Any]:
     return []
 
 
-def _walk(node: Any, parents: tuple[Any, ...] = ()) -> Iterator[tuple[Any, tuple[Any, ...]]]:
+def walk(node: Any, parents: tuple[Any, ...] = ()) -> Iterator[tuple[Any, tuple[Any, ...]]]:
+    """Every node of a parsed PromQL expression, with its ancestors."""
     yield node, parents
     for child in _children(node):
-        yield from _walk(child, (*parents, node))
+        yield from walk(child, (*parents, node))
 
 
 def _name_matcher(vs: pp.VectorSelector) -> pp.Matcher | None:
@@ -292,7 +298,7 @@ def _is_counter(vs: pp.VectorSelector) -> bool:
     return m is not None and m.value.endswith(("_total", "(_total)?"))
 
 
-def _names_selected(vs: pp.VectorSelector, known: Collection[str]) -> tuple[set[str], str]:
+def selected_names(vs: pp.VectorSelector, known: Collection[str]) -> tuple[set[str], str]:
     """The known series a selector can select, and how it names them (for messages)."""
     if vs.name:
         return {vs.name}, vs.name
@@ -321,7 +327,7 @@ def lint_promql(
     except Exception as exc:  # promql-parser raises a plain ValueError-like error
         return [("promql-parse", f"does not parse: {exc}: {text}")]
     out: list[tuple[str, str]] = []
-    for node, parents in _walk(tree):
+    for node, parents in walk(tree):
         if isinstance(node, pp.Call) and node.func.name in RATE_FUNCTIONS:
             for arg in node.args:
                 if isinstance(arg, pp.MatrixSelector) and arg.range != LINT_RATE_INTERVAL:
@@ -334,7 +340,7 @@ def lint_promql(
                     )
         if not isinstance(node, pp.VectorSelector):
             continue
-        selected, label = _names_selected(node, known)
+        selected, label = selected_names(node, known)
         inside_rate = (
             len(parents) >= 2
             and isinstance(parents[-1], pp.MatrixSelector)
