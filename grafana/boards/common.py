@@ -127,7 +127,8 @@ def sel(name: str, *matchers: str) -> str:
     scope = model_labels(name) if is_inferwatch(name) else ()
     if scope is None:
         raise ValueError(f"{name}: not in SERIES_MODEL_LABELS / RULE_MODEL_LABELS")
-    return name + _braces([*map(_var_matcher, scope), *matchers])
+    all_matchers = [*map(_var_matcher, scope), *matchers]
+    return name + _braces(all_matchers) if all_matchers else name
 
 
 def sel_re(pattern: str, *matchers: str) -> str:

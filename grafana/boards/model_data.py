@@ -49,6 +49,15 @@ from inferwatch.telemetry import instruments as names
 
 UID = "inferwatch-model-data"
 TITLE = "inferwatch / Model & data"
+# How to read the dashboard during an incident (docs/dashboards.md renders it)
+INCIDENT = """\
+A drift ticket or a quality alert: the verdict timeline says which features drifted and
+since when; PSI and the second statistic say by how much (a single feature far above its
+line, or many slightly). The class mix and the probability quantiles say whether the model's
+output moved with them. Realized precision and recall say whether it got worse, but only as
+far as labels cover (label coverage panels; recent hours are always thin). For single
+cases, the latest-predictions table lists the audit rows; a trace id opens the request's
+trace. An analysis age above its line means the job is not running: the gauges are stale."""
 VERDICT = value_map({"0": ("no drift", "green"), "1": ("drift", "red")})
 
 

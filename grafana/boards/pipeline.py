@@ -38,6 +38,15 @@ from inferwatch.telemetry import instruments as names
 
 UID = "inferwatch-pipeline"
 TITLE = "inferwatch / Pipeline health"
+# How to read the dashboard during an incident (docs/dashboards.md renders it)
+INCIDENT = """\
+Dashboards blank or alerts silent: follow the data. Telemetry dropped above zero: the
+service's own queue overflowed (a CPU-starved process). Collector accepted at zero while
+the service serves: the service cannot reach the collector. Refused: the collector's memory
+limiter. Sent below accepted, failed lines, a queue filling: the destination (Prometheus or
+the trace backend) is down or slow. Analysts miss rows: compare enqueued with written; spooled
+above zero means Postgres is away (the spool panels say how much waits and for how long),
+replayed shows it catching up; dropped is data loss and pages."""
 COLLECTOR = 'job="otelcol"'  # the scrape job of the collector's own metrics (prometheus.yml)
 SIGNALS = (("spans", "spans"), ("metric_points", "metric points"))
 

@@ -40,6 +40,16 @@ from inferwatch.telemetry import instruments as names
 
 UID = "inferwatch-service-slo"
 TITLE = "inferwatch / Service & SLO"
+# How to read the dashboard during an incident (docs/dashboards.md renders it)
+INCIDENT = """\
+Paged for latency or burn: read the burn-rate panels first (which windows are above their
+line says whether this is a spike or a slow leak, and how long the budget lasts), then the
+P99 panel (one model version or all? a new version?), then the heatmap: a second band of
+slow predictions is a subset of inputs; click an exemplar in it for the trace, whose span
+carries the prediction id (its audit row has the features). Paged for errors: the error
+ratio panel says 5xx (ours) or 4xx (the callers'); the rejected-requests panel says why
+input is refused. Budget remaining and its history say how much room the month has left,
+and whether that number rests on enough history to trust."""
 
 JOB = 'job="inferwatch"'  # prometheus/slo.yml service_job: the service's series, both paths
 PREDICT_ROUTES = 'http_route=~"/v1/predict.*"'
