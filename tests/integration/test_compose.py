@@ -234,8 +234,8 @@ def test_every_variable_is_defined_in_the_env_files_or_required(loaded: dict[str
     assert {n for n in variables if n not in defined} == SECRETS
     readme = (ROOT / "README.md").read_text()
     assert [s for s in sorted(SECRETS) if s not in readme] == [], "README names every secret"
-    for var, path in (("INFERWATCH_PORT", "/docs"), ("GRAFANA_PORT", "")):
-        assert f"http://127.0.0.1:{PORTS[var]}{path}" in readme, f"README's URL for {var}"
+    for port, path in (("INFERWATCH_PORT", "/docs"), ("GRAFANA_PORT", "")):
+        assert f"http://127.0.0.1:{PORTS[port]}{path}" in readme, f"README's URL for {port}"
 
 
 def test_published_ports_are_loopback_and_from_ports_env(
