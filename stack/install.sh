@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install and build the real binaries inferwatch's pipeline runs on; idempotent.
 #
-#   stack/install.sh            # everything: postgres + wrk (apt), collector, prometheus+promtool
-#   stack/install.sh collector  # only one part: postgres | wrk | collector | prometheus
+#   stack/install.sh            # everything: postgres, wrk, chromium (apt), collector,
+#                               #   prometheus+promtool, compose-check
+#   stack/install.sh collector  # only one part: postgres | wrk | chromium | collector |
+#                               #   prometheus | compose-check
 #   stack/install.sh vegeta     # bench-only (not in the default set): constant-rate load
 #
 # Output goes to ${INFERWATCH_CACHE:-<repo>/.stack} (git-ignored):
-#   bin/otelcol-inferwatch, bin/prometheus, bin/promtool, bin/builder (ocb)
+#   bin/otelcol-inferwatch, bin/prometheus, bin/promtool, bin/builder (ocb), bin/compose-check
 #   stamps/*.sha256  (what each binary was built from; a matching stamp skips the rebuild)
 #   logs/*.log       (full build output; the tail is printed when a step fails)
 # Go's module and build caches stay at Go's defaults (GOMODCACHE, GOCACHE), so later
@@ -90,6 +92,12 @@ install_wrk() {
     if command -v wrk >/dev/null; then log "wrk: present"; else apt_install wrk; fi
 }
 
+# chromium: headless, renders the service's /docs page in tests/integration/test_serve.py
+# (Debian's package; the test drives the binary directly, no driver needed).
+install_chromium() {
+    if command -v chromium >/dev/null; then log "chromium: present"; else apt_install chromium; fi
+}
+
 # vegeta: open-loop, constant-rate HTTP load for bench/overhead's equal-load latency
 # comparison (wrk is closed-loop). Bench-only, so not part of the default set.
 build_vegeta() {
@@ -152,18 +160,38 @@ build_prometheus() {
     log "prometheus: built $BIN/prometheus and promtool in $((SECONDS - t0))s"
 }
 
+# compose-check: docker-compose.yml loaded by the Compose Specification's own loader
+# (compose-go, pinned in stack/compose-check/go.mod + go.sum); tests/integration/test_compose.py.
+build_compose_check() {
+    go_env
+    local src="$ROOT/stack/compose-check"
+    local stamp
+    stamp="$(stamp_of "$src/main.go" "$src/go.mod" "$src/go.sum")"
+    if is_fresh compose-check "$stamp" "$BIN/compose-check"; then
+        log "compose-check: up to date ($BIN/compose-check)"; return
+    fi
+    local t0=$SECONDS
+    log "compose-check: go build (log: $LOGS/compose-check-build.log)"
+    (cd "$src" && run_logged compose-check-build env GOFLAGS=-mod=readonly \
+        go build -trimpath -o "$BIN/compose-check" .)
+    echo "$stamp" >"$STAMPS/compose-check.sha256"
+    log "compose-check: built $BIN/compose-check in $((SECONDS - t0))s"
+}
+
 main() {
     local parts=("$@")
-    [[ ${#parts[@]} -gt 0 ]] || parts=(postgres wrk collector prometheus)
+    [[ ${#parts[@]} -gt 0 ]] || parts=(postgres wrk chromium collector prometheus compose-check)
     local t0=$SECONDS
     for p in "${parts[@]}"; do
         case "$p" in
             postgres) install_postgres ;;
             wrk) install_wrk ;;
+            chromium) install_chromium ;;
             collector) build_collector ;;
             prometheus) build_prometheus ;;
+            compose-check) build_compose_check ;;
             vegeta) build_vegeta ;;
-            *) die "unknown part '$p' (postgres | wrk | collector | prometheus | vegeta)" ;;
+            *) die "unknown part '$p' (postgres | wrk | chromium | collector | prometheus | compose-check | vegeta)" ;;
         esac
     done
     log "done in $((SECONDS - t0))s; binaries in $BIN"

@@ -8,5 +8,6 @@ pytest_plugins = [
     "tests.fixtures.api",
     "tests.fixtures.audit",
     "tests.fixtures.pg",
+    "tests.fixtures.serve",
     "tests.fixtures.stack",
 ]

@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 from inferwatch import __version__
 from inferwatch.analysis.monitoring import MonitoringStore
 from inferwatch.api.handlers import install_error_handlers
-from inferwatch.api.routes import feedback, health, monitoring, predict
+from inferwatch.api.routes import docs, feedback, health, monitoring, predict
 from inferwatch.api.routes import model as model_routes
 from inferwatch.api.runtime import Runtime
 from inferwatch.api.validation import InstanceValidator, feature_json_schema
@@ -198,6 +198,9 @@ def create_app(
         version=__version__,
         summary="Card-fraud scoring, observable by construction",
         lifespan=lifespan,
+        # /docs is ours (api/routes/docs.py: Swagger UI served offline); no ReDoc
+        docs_url=None,
+        redoc_url=None,
         # One HTTP instrumentation (INFERWATCH_HTTP_INSTRUMENTATION): ours by default,
         # service/inferwatch/telemetry/http.py, measured cheapest (docs/decisions.md). FastAPI's
         # own stays off here; the lifespan switches it on only in `fastapi-native`
@@ -220,6 +223,7 @@ def create_app(
     app.include_router(model_routes.router)
     app.include_router(feedback.router)
     app.include_router(monitoring.router)
+    app.include_router(docs.router)
     return app
 
 

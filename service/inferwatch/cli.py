@@ -64,10 +64,18 @@ def ensure_model(settings: Settings) -> None:
 
 @app.command()
 def serve(
+    host: Annotated[
+        str | None,
+        typer.Option(help="bind address (overrides INFERWATCH_HOST)", show_default=False),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="port (overrides INFERWATCH_PORT)", show_default=False),
+    ] = None,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
-    """Serve the model over HTTP (settings from INFERWATCH_* env vars)."""
+    """Serve the model over HTTP (settings from INFERWATCH_* env vars; options win)."""
     import uvicorn
 
     settings = Settings()
@@ -78,8 +86,9 @@ def serve(
     uvicorn.run(
         "inferwatch.asgi:create",
         factory=True,
-        host=settings.host,
-        port=settings.port,
+        # only the listener reads these: each worker's app builds its own Settings
+        host=settings.host if host is None else host,
+        port=settings.port if port is None else port,
         workers=workers,
         loop="uvloop",
         http="httptools",

@@ -82,3 +82,11 @@ def test_the_partition_settings_default_to_the_migration_runners_defaults() -> N
     fields = Settings.model_fields
     assert fields["audit_partition_days_ahead"].default == mig.DEFAULT_DAYS_AHEAD
     assert fields["audit_retention_days"].default == mig.DEFAULT_RETENTION_DAYS
+
+
+def test_serve_refuses_a_port_out_of_range() -> None:
+    runner = CliRunner()
+    for port in ("0", "65536", "http"):
+        r = runner.invoke(app, ["serve", "--port", port])
+        assert r.exit_code == 2, (port, r.output)
+        assert "--port" in r.output

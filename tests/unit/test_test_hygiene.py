@@ -39,6 +39,8 @@ COMPONENT_NAMES = {
     "pg_cluster",
     "audit_db",
     "stack",
+    "serving",
+    "chromium",
 }
 CLOCK_NAMES = {"perf_counter", "monotonic", "perf_counter_ns", "monotonic_ns"}
 
