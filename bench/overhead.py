@@ -13,8 +13,8 @@ Same machine, same model, same load, one run, side by side. One model is trained
 - ``iw-collector-absent``: all telemetry on, OTLP endpoint on a closed loopback port;
 - ``iw-live``: all telemetry on, as shipped (our HTTP instrumentation,
   service/inferwatch/telemetry/http.py), exporting to the real collector built by stack/install.sh,
-  running collector/config.yaml, which forwards metrics to a real Prometheus (both
-  started with stack/launch.py's ``Stack``);
+  running collector/config.yaml, which forwards metrics to a real Prometheus and spans to
+  a real Jaeger (all started with stack/launch.py's ``Stack``);
 - ``iw-live-fastapi-native``: as iw-live with FastAPI's built-in telemetry instead;
 - ``iw-live-otel-contrib``: as iw-live with opentelemetry-instrumentation-fastapi instead;
 - ``iw-live-no-http``: as iw-live with ``INFERWATCH_HTTP_INSTRUMENTATION=none`` (our
@@ -27,7 +27,7 @@ does (uvicorn, uvloop, httptools, one worker, access log off, OMP_NUM_THREADS=1)
 launcher's OTEL_* settings (stack/launch.py ``Stack.service_env``).
 
 CPU placement (2 cores): the server under test is pinned to CPU 1 alone; wrk (one thread),
-the collector and Prometheus share CPU 0. The "cpu1 other" column is the CPU 1 time that
+the collector, Prometheus and Jaeger share CPU 0. The "cpu1 other" column is the CPU 1 time that
 was not the server's (other processes on the machine): it should be ~0.
 
 Load: wrk (``--latency``, bench/wrk_post.lua) POSTs 256 generated transactions (features
@@ -852,8 +852,9 @@ def train(model_dir: Path, rows: int) -> Path:
 def start_collector(work: Path) -> Stack:
     stack = Stack(work / "stack", Ports.free(), Options(collector=True))
     stack.start_prometheus()
+    stack.start_jaeger()  # the collector's trace backend, as in the stack
     stack.start_collector()
-    for name in ("prometheus", "collector"):
+    for name in ("prometheus", "jaeger", "collector"):
         pid = stack.pid(name)
         if pid is not None:  # every thread of it onto the client's core
             subprocess.run(
@@ -1016,7 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
             stack = start_collector(work)
         else:
             stack = Stack(work / "stack", Ports.free(), Options(collector=False))
-        own = [p for p in (stack.pid("collector"), stack.pid("prometheus")) if p is not None]
+        own = [p for p in map(stack.pid, ("collector", "prometheus", "jaeger")) if p is not None]
         # Rounds alternate the order (A..F, F..A) so that drift in the host's load hits
         # every variant alike; the table keeps each cell's fastest round.
         schedule = [
@@ -1080,7 +1081,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.monotonic() - t0
     finally:
         if stack is not None:
-            for name in ("collector", "prometheus"):
+            for name in ("collector", "jaeger", "prometheus"):
                 stack.stop(name)
         if args.keep:
             print(f"[overhead] kept {work}", file=sys.stderr)

@@ -2,13 +2,14 @@
 # Install and build the real binaries inferwatch's pipeline runs on; idempotent.
 #
 #   stack/install.sh            # everything: postgres, wrk, chromium (apt), collector,
-#                               #   prometheus+promtool, compose-check
+#                               #   prometheus+promtool, jaeger, compose-check
 #   stack/install.sh collector  # only one part: postgres | wrk | chromium | collector |
-#                               #   prometheus | compose-check
+#                               #   prometheus | jaeger | compose-check
 #   stack/install.sh vegeta     # bench-only (not in the default set): constant-rate load
 #
 # Output goes to ${INFERWATCH_CACHE:-<repo>/.stack} (git-ignored):
-#   bin/otelcol-inferwatch, bin/prometheus, bin/promtool, bin/builder (ocb), bin/compose-check
+#   bin/otelcol-inferwatch, bin/prometheus, bin/promtool, bin/jaeger, bin/builder (ocb),
+#   bin/compose-check
 #   stamps/*.sha256  (what each binary was built from; a matching stamp skips the rebuild)
 #   logs/*.log       (full build output; the tail is printed when a step fails)
 # Go's module and build caches stay at Go's defaults (GOMODCACHE, GOCACHE), so later
@@ -178,9 +179,32 @@ build_compose_check() {
     log "compose-check: built $BIN/compose-check in $((SECONDS - t0))s"
 }
 
+# Jaeger v2 from its Go module. `go install .../cmd/jaeger@vX` is refused (Jaeger's go.mod
+# has a `replace` line), so jaeger/go.mod is a wrapper module that requires Jaeger as a
+# `tool` and restates that replace; with its committed go.sum the build is pinned and
+# reproducible (-mod=readonly: a go.mod that needs changing is an error, never an update).
+build_jaeger() {
+    go_env
+    local dir="$ROOT/jaeger"
+    local stamp; stamp="$(stamp_of "$dir/go.mod" "$dir/go.sum" "jaeger $JAEGER_VERSION")"
+    if is_fresh jaeger "$stamp" "$BIN/jaeger"; then log "jaeger: up to date ($BIN/jaeger)"; return; fi
+    grep -q "^	github.com/jaegertracing/jaeger v$JAEGER_MODULE_VERSION\( \|\$\)" "$dir/go.mod" \
+        || die "jaeger/go.mod does not require github.com/jaegertracing/jaeger v$JAEGER_MODULE_VERSION (JAEGER_MODULE_VERSION)"
+    local t0=$SECONDS
+    local v="github.com/jaegertracing/jaeger/internal/version"
+    log "jaeger: go build v$JAEGER_VERSION (module v$JAEGER_MODULE_VERSION; log: $LOGS/jaeger-build.log)"
+    (cd "$dir" && run_logged jaeger-build go build -mod=readonly -trimpath \
+        -ldflags "-X $v.latestVersion=v$JAEGER_VERSION -X $v.commitSHA=v$JAEGER_MODULE_VERSION" \
+        -o "$BIN/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger)
+    [[ "$("$BIN/jaeger" --version 2>/dev/null)" == "jaeger version v$JAEGER_VERSION" ]] \
+        || die "built jaeger does not report version v$JAEGER_VERSION"
+    echo "$stamp" >"$STAMPS/jaeger.sha256"
+    log "jaeger: built $BIN/jaeger in $((SECONDS - t0))s"
+}
+
 main() {
     local parts=("$@")
-    [[ ${#parts[@]} -gt 0 ]] || parts=(postgres wrk chromium collector prometheus compose-check)
+    [[ ${#parts[@]} -gt 0 ]] || parts=(postgres wrk chromium collector prometheus jaeger compose-check)
     local t0=$SECONDS
     for p in "${parts[@]}"; do
         case "$p" in
@@ -190,8 +214,9 @@ main() {
             collector) build_collector ;;
             prometheus) build_prometheus ;;
             compose-check) build_compose_check ;;
+            jaeger) build_jaeger ;;
             vegeta) build_vegeta ;;
-            *) die "unknown part '$p' (postgres | wrk | chromium | collector | prometheus | compose-check | vegeta)" ;;
+            *) die "unknown part '$p' (postgres | wrk | chromium | collector | prometheus | jaeger | compose-check | vegeta)" ;;
         esac
     done
     log "done in $((SECONDS - t0))s; binaries in $BIN"

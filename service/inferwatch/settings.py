@@ -20,6 +20,8 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_PLACEHOLDER_SECRETS = frozenset({"changeme", "dev", "inferwatch", "password", "secret"})
+# a duration as the analysis job's options take it: 30s, 5m, 1.5h, 7d
+DURATION_PATTERN = r"^\d+(\.\d+)?[smhd]$"
 
 
 class HttpInstrumentation(StrEnum):
@@ -94,6 +96,9 @@ class Settings(BaseSettings):
     # --- analysts ----------------------------------------------------------------
     analyst_api_key: SecretStr | None = None  # None: monitoring endpoints answer 401
     analyst_database_url: SecretStr | None = None  # analyst-role DSN (monitoring, drift)
+    # time between two runs of `inferwatch analysis-job` (drift + quality gauges); its
+    # --interval overrides. The native demo and compose's demo set a short one.
+    analysis_interval: str = Field("5m", pattern=DURATION_PATTERN)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

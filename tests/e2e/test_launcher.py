@@ -1,6 +1,6 @@
 """The native launcher's own promises: a busy port is a clear error (no hang), `down` leaves
-no process behind, and the no-collector path (Prometheus scrapes the service's /metrics)
-feeds the same recording rules."""
+no process behind (Jaeger and the analysis job included), and the no-collector path
+(Prometheus scrapes the service's /metrics) feeds the same recording rules."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from inferwatch.inference.data import generate_transactions
 from inferwatch.telemetry import instruments as names
-from stack.launch import COMPONENTS, Options, Ports, Stack
+from stack.launch import COMPONENTS, COMPONENTS_NO_COLLECTOR, Options, Ports, Stack
 from stack.procs import ROOT, LaunchError, pid_alive, poll
 from tests.fixtures.stack import Prom, running_stack
 
@@ -69,6 +69,11 @@ def test_no_collector_path_feeds_the_same_rules(scrape_stack: Stack) -> None:
     # the recording rule's classic-histogram fallback gives the P99 per model version
     assert 0 < poll(p99, 60, "P99 recorded from the classic histogram") < 10
     assert prom.query('up{job="otelcol"}') == []  # no collector in this stack
+    # nor Jaeger or the analysis job: nothing would carry their data
+    running = {s.name for s in scrape_stack.status() if s.running}
+    assert running == set(COMPONENTS_NO_COLLECTOR)
+    assert scrape_stack.pid("jaeger") is None
+    assert scrape_stack.pid("analysis") is None
 
 
 def test_down_leaves_no_process(request: pytest.FixtureRequest) -> None:

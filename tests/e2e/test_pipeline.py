@@ -1,11 +1,11 @@
 """End to end through the real pipeline: service -> OTLP -> collector -> Prometheus (+ traces
-to the collector's file exporter, + audit rows in Postgres).
+to Jaeger, + audit rows in Postgres).
 
 The tests of this module share one stack; each one sends the traffic it needs (the
 module's first N predictions come from a fixture) and counts against the service process
 that served it, so each passes alone (`-k`) and in any order: predictions are counted
-exactly, their P99 matches the exact one, their spans and an exemplar's trace id are
-exported, freshness is measured, every metric name the rules use exists, the P99 alert's
+exactly, their P99 matches the exact one, their spans and an exemplar's trace id are in
+Jaeger, freshness is measured, every metric name the rules use exists, the P99 alert's
 expression fires under injected latency and recovers, and a collector outage neither fails
 nor slows predictions while metrics resume after it. Measurements go to
 run/e2e-results.json (and stdout with -s).
@@ -30,7 +30,7 @@ from inferwatch.inference.data import generate_transactions
 from inferwatch.telemetry import instruments as names
 from stack.launch import Stack
 from stack.procs import ROOT, poll
-from tests.fixtures.stack import Prom, read_spans, span_attrs
+from tests.fixtures.stack import Jaeger, Prom, span_tags, trace_id_hex
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
@@ -175,21 +175,24 @@ def test_p99_from_prometheus_within_5_percent_of_exact(
     assert err <= 0.05
 
 
-def test_spans_reach_the_collector_with_prediction_attributes(
-    stack: Stack, first_n: list[dict[str, Any]], model_version: str
+def test_spans_reach_jaeger_with_prediction_attributes(
+    jaeger: Jaeger, first_n: list[dict[str, Any]], model_version: str
 ) -> None:
+    """Every prediction's span, looked up in Jaeger by the trace id of its response."""
     want = {r["prediction_id"]: r for r in first_n}
+    by_pid: dict[str, dict[str, Any]] = {}
 
     def found() -> dict[str, dict[str, Any]] | None:
-        by_pid: dict[str, dict[str, Any]] = {}
-        for span in read_spans(stack.traces_file):
-            attrs = span_attrs(span)
-            pid = str(attrs.get(names.ATTR_PREDICTION_ID))
-            if pid in want:
-                by_pid[pid] = {**attrs, "_trace_id": span["traceId"]}
+        for pid, resp in want.items():
+            if pid in by_pid:
+                continue
+            for span in jaeger.spans(resp["trace_id"]) or ():
+                tags = span_tags(span)
+                if str(tags.get(names.ATTR_PREDICTION_ID)) == pid:
+                    by_pid[pid] = {**tags, "_trace_id": trace_id_hex(span["traceID"])}
         return by_pid if len(by_pid) == len(want) else None
 
-    spans = poll(found, 60, f"{N} prediction spans in {stack.traces_file}")
+    spans = poll(found, 60, f"{N} prediction spans in Jaeger", interval_s=1)
     for pid, resp in want.items():
         attrs = spans[pid]
         assert attrs["_trace_id"] == resp["trace_id"]
@@ -200,7 +203,7 @@ def test_spans_reach_the_collector_with_prediction_attributes(
 
 
 def test_exemplar_trace_id_is_among_exported_spans(
-    stack: Stack, prom: Prom, first_n: list[dict[str, Any]], model_version: str
+    jaeger: Jaeger, prom: Prom, first_n: list[dict[str, Any]], model_version: str
 ) -> None:
     def exemplar_ids() -> set[str] | None:
         data = prom.exemplars(f'{HIST}{{model_version="{model_version}"}}')
@@ -215,8 +218,8 @@ def test_exemplar_trace_id_is_among_exported_spans(
     ids = poll(exemplar_ids, 60, "exemplars with trace ids on the latency histogram")
     response_ids = {r["trace_id"] for r in first_n}
     assert ids & response_ids, "exemplar trace ids are not those of our predictions"
-    span_ids = {s["traceId"] for s in read_spans(stack.traces_file)}
-    assert ids & span_ids, "no exemplar trace id among the exported spans"
+    # no exemplar trace id among the exported spans: a timeout here
+    poll(lambda: any(jaeger.spans(i) for i in ids), 30, "an exemplar's trace in Jaeger")
 
 
 def test_freshness_response_to_prometheus(

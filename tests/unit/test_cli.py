@@ -3,14 +3,22 @@ left out come from Settings, options given win."""
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import typer
+from opentelemetry.sdk.metrics import MeterProvider
 from typer.testing import CliRunner
 
+from inferwatch.analysis import jobs
+from inferwatch.analysis.jobs import JobConfig
 from inferwatch.audit import migrate as mig
 from inferwatch.cli import app
+from inferwatch.inference.loading import METADATA_NAME, LoadedModel
+from inferwatch.inference.metadata import ModelMetadata
 from inferwatch.settings import Settings
 
 
@@ -90,3 +98,63 @@ def test_serve_refuses_a_port_out_of_range() -> None:
         r = runner.invoke(app, ["serve", "--port", port])
         assert r.exit_code == 2, (port, r.output)
         assert "--port" in r.output
+
+
+def _two_versions(small_model: LoadedModel, tmp_path: Path) -> Path:
+    """A model dir with versions test-1 and test-2 (newest) of the small model's metadata."""
+    meta = small_model.metadata
+    for version in ("test-1", "test-2"):
+        d = tmp_path / meta.name / version
+        d.mkdir(parents=True)
+        doc = {**json.loads(meta.model_dump_json()), "version": version}
+        (d / METADATA_NAME).write_text(json.dumps(doc))
+    return tmp_path
+
+
+def test_the_analysis_job_watches_the_served_version_every_configured_interval(
+    small_model: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without options the job resolves the model as `inferwatch serve` does (the newest
+    version, or INFERWATCH_MODEL_VERSION) and runs every INFERWATCH_ANALYSIS_INTERVAL; the
+    options win. The launcher and compose run it with no option at all."""
+    runs: list[tuple[str, str, JobConfig]] = []
+
+    def run_once(dsn: str, meta: ModelMetadata, cfg: JobConfig, gauges: object) -> None:
+        runs.append((dsn, meta.version, cfg))
+
+    monkeypatch.setattr(jobs, "run_once", run_once)
+    monkeypatch.setattr(jobs, "meter_provider", MeterProvider)  # no OTLP exporter
+    env: dict[str, str | None] = {
+        "INFERWATCH_MODEL_DIR": str(_two_versions(small_model, tmp_path)),
+        "INFERWATCH_MODEL_VERSION": None,  # unset
+        "INFERWATCH_ANALYST_DATABASE_URL": "host=db user=analyst",
+        "INFERWATCH_ANALYSIS_INTERVAL": "30s",
+    }
+    runner = CliRunner()
+    for args, extra in (
+        ([], {}),
+        (["--interval", "2m", "--model-version", "test-1"], {}),
+        ([], {"INFERWATCH_MODEL_VERSION": "test-1"}),
+    ):
+        r = runner.invoke(app, ["analysis-job", "--once", *args], env={**env, **extra})
+        assert r.exit_code == 0, r.output
+    assert [(d, v, c.interval) for d, v, c in runs] == [
+        ("host=db user=analyst", "test-2", timedelta(seconds=30)),
+        ("host=db user=analyst", "test-1", timedelta(minutes=2)),
+        ("host=db user=analyst", "test-1", timedelta(seconds=30)),
+    ]
+    r = runner.invoke(app, ["analysis-job", "--once", "--interval", "soon"], env=env)
+    assert r.exit_code == 2
+    assert "not a duration" in r.output
+    r = runner.invoke(
+        app, ["analysis-job", "--once"], env={**env, "INFERWATCH_MODEL_DIR": str(tmp_path / "no")}
+    )
+    assert r.exit_code == 2
+    assert "no model card-fraud/<newest>" in r.output
+
+
+def test_the_analysis_interval_setting_is_a_duration() -> None:
+    assert Settings().analysis_interval == "5m"
+    assert Settings(analysis_interval="30s").analysis_interval == "30s"
+    with pytest.raises(ValueError, match="analysis_interval"):
+        Settings(analysis_interval="30 seconds")

@@ -210,19 +210,56 @@ def load(
         raise typer.Exit(1)
 
 
+def _served_metadata(
+    settings: Settings, model_dir: Path | None, model_name: str | None, version: str | None
+) -> tuple[ModelMetadata, str]:
+    """The model ``inferwatch serve`` would serve with these settings (an explicit version,
+    else ``INFERWATCH_MODEL_VERSION``, else the newest under the model dir) and its version."""
+    directory = model_dir or settings.model_dir
+    name = model_name or settings.model_name
+    found = find_model(directory, name, version or settings.model_version)
+    if found is None:
+        raise typer.BadParameter(
+            f"no model {name}/{version or settings.model_version or '<newest>'} under "
+            f"{directory}: start the service first (it trains the bundled model) or pass "
+            "--model-dir / --model-version",
+            param_hint="--model-version",
+        )
+    meta = load_metadata(found)
+    return meta, meta.version
+
+
 def analysis_job(
-    model_version: Annotated[str, typer.Option(help="Model version to watch")],
+    model_version: Annotated[
+        str | None,
+        typer.Option(
+            help="Model version to watch (default: the one `inferwatch serve` serves: "
+            "INFERWATCH_MODEL_VERSION, else the newest under the model dir)",
+            show_default=False,
+        ),
+    ] = None,
     dsn: Annotated[str | None, typer.Option(help=_DSN_HELP, show_default=False)] = None,
-    model_name: Annotated[str, typer.Option()] = "card-fraud",
-    model_dir: Annotated[Path, typer.Option()] = Path("models"),
+    model_name: Annotated[
+        str | None, typer.Option(help="default: INFERWATCH_MODEL_NAME", show_default=False)
+    ] = None,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="default: INFERWATCH_MODEL_DIR", show_default=False)
+    ] = None,
     metadata: Annotated[Path | None, typer.Option()] = None,
     window: Annotated[str, typer.Option(help="Drift window, e.g. 1h")] = "1h",
     quality_window: Annotated[str, typer.Option(help="Quality window (labels come late)")] = "7d",
-    interval: Annotated[str, typer.Option(help="Time between runs")] = "5m",
+    interval: Annotated[
+        str | None,
+        typer.Option(
+            help="Time between runs, e.g. 30s, 5m (default: INFERWATCH_ANALYSIS_INTERVAL)",
+            show_default=False,
+        ),
+    ] = None,
     once: Annotated[bool, typer.Option(help="Run once, export, exit")] = False,
     exclude: Annotated[list[str] | None, typer.Option(help="Feature to leave out")] = None,
 ) -> None:
     """Periodic drift + quality, exported as OTel gauges over OTLP (OTEL_* env)."""
+    import logging
     import signal
     import threading
 
@@ -234,15 +271,36 @@ def analysis_job(
         run_once,
     )
 
+    settings = Settings()
     dsn = _analyst_dsn(dsn, Console(stderr=True))
-    meta = _metadata(model_dir, model_name, model_version, metadata)
+    if metadata is not None:
+        if model_version is None:
+            raise typer.BadParameter("--metadata needs --model-version")
+        meta = load_metadata(metadata if metadata.is_dir() else metadata.parent)
+    else:
+        meta, model_version = _served_metadata(settings, model_dir, model_name, model_version)
+    every = interval or settings.analysis_interval
     now = parse_when("now")
-    cfg = JobConfig(
-        model_version=model_version,
-        drift_window=now - parse_when("-" + window, now),
-        quality_window=now - parse_when("-" + quality_window, now),
-        interval=now - parse_when("-" + interval, now),
-        exclude=tuple(exclude or ()),
+    try:
+        cfg = JobConfig(
+            model_version=model_version,
+            drift_window=now - parse_when("-" + window, now),
+            quality_window=now - parse_when("-" + quality_window, now),
+            interval=now - parse_when("-" + every, now),
+            exclude=tuple(exclude or ()),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(f"not a duration (30s, 5m, 1h, 7d): {exc}") from None
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger(__name__).info(
+        "watching %s %s every %s (drift window %s, quality window %s)",
+        meta.name,
+        model_version,
+        every,
+        window,
+        quality_window,
     )
     provider = meter_provider()
     gauges = AnalysisGauges(provider.get_meter("inferwatch.analysis"))
