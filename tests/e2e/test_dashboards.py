@@ -15,6 +15,7 @@ model labels the linter assumed.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -163,7 +164,13 @@ def live(stack: Stack, prom: Prom, client: httpx.Client) -> Live:
 
 
 def _range(live: Live) -> tuple[float, float]:
-    return live.start.timestamp() - 60, time.time()
+    """From a minute before the traffic to now, with now itself an evaluation step:
+    query_range evaluates at start + k * step <= end, so a series that appeared within
+    the last step (an alert the fixture just saw go pending) is seen only at `end`."""
+    end = time.time()
+    step = STEP.total_seconds()
+    steps = math.ceil((end - (live.start.timestamp() - 60)) / step)
+    return end - steps * step, end
 
 
 def _promql(expr: str, live: Live) -> str:
