@@ -15,10 +15,7 @@ Apps (one trained model, the same 256 generated transactions in turn):
 - ``iw-telemetry-off``: inferwatch with telemetry off (validation, ids, audit spool);
 - ``iw-no-http``: our metrics, no HTTP server span;
 - ``iw`` (as shipped): our HTTP instrumentation, spans and metrics exported over OTLP;
-- ``iw-fastapi-native``: FastAPI's built-in HTTP telemetry instead of ours;
 - ``iw-sdk-encoder``: as shipped, but spans encoded by the SDK's own OTLP encoder;
-- ``iw-inline-telemetry``: as shipped, but measurements and span ends on the request
-  thread (``INFERWATCH_TELEMETRY_BATCH_MS=0``);
 - ``iw-metrics-endpoint-on``: as shipped plus the /metrics pull reader (two readers).
 
 Every OTLP export goes over HTTP to a local sink that answers 200 (a thread of its own
@@ -56,9 +53,7 @@ APPS: dict[str, dict[str, str]] = {
     "iw-telemetry-off": {"INFERWATCH_TELEMETRY_ENABLED": "false"},
     "iw-no-http": {"INFERWATCH_HTTP_INSTRUMENTATION": "none"},
     "iw": {},
-    "iw-fastapi-native": {"INFERWATCH_HTTP_INSTRUMENTATION": "fastapi-native"},
     "iw-sdk-encoder": {"BENCH_SDK_ENCODER": "1"},
-    "iw-inline-telemetry": {"INFERWATCH_TELEMETRY_BATCH_MS": "0"},
     "iw-metrics-endpoint-on": {"INFERWATCH_METRICS_ENDPOINT": "on"},
 }
 

@@ -15,10 +15,12 @@ Same machine, same model, same load, one run, side by side. One model is trained
   service/inferwatch/telemetry/http.py), exporting to the real collector built by stack/install.sh,
   running collector/config.yaml, which forwards metrics to a real Prometheus and spans to
   a real Jaeger (all started with stack/launch.py's ``Stack``);
-- ``iw-live-fastapi-native``: as iw-live with FastAPI's built-in telemetry instead;
 - ``iw-live-otel-contrib``: as iw-live with opentelemetry-instrumentation-fastapi instead;
 - ``iw-live-no-http``: as iw-live with ``INFERWATCH_HTTP_INSTRUMENTATION=none`` (our
-  metrics only, no HTTP server span, hence no prediction span either).
+  metrics only, no HTTP server span, hence no prediction span either);
+- ``iw-live-unbatched``: as iw-live with micro-batching off (one predict_proba per request);
+- ``iw-live-nowait``: as iw-live with micro-batching that never waits for a batch to fill
+  (``INFERWATCH_MICROBATCH_MAX_WAIT_MS=0``).
 
 Every inferwatch variant runs without a database (``INFERWATCH_DATABASE_URL`` unset), so
 its audit writer is in spool-only mode: every record is encoded and appended to a disk
@@ -180,11 +182,6 @@ VARIANTS: tuple[Variant, ...] = (
     ),
     Variant("iw-live", "inferwatch, all telemetry (as shipped), live collector"),
     Variant(
-        "iw-live-fastapi-native",
-        "as iw-live, FastAPI's built-in telemetry",
-        env={"INFERWATCH_HTTP_INSTRUMENTATION": "fastapi-native"},
-    ),
-    Variant(
         "iw-live-otel-contrib",
         "as iw-live, opentelemetry-instrumentation-fastapi",
         # contrib emits the stable HTTP conventions only when the operator opts in
@@ -194,9 +191,14 @@ VARIANTS: tuple[Variant, ...] = (
         },
     ),
     Variant(
-        "iw-live-inline-telemetry",
-        "as iw-live, telemetry finished on the request thread (no deferral)",
-        env={"INFERWATCH_TELEMETRY_BATCH_MS": "0"},
+        "iw-live-unbatched",
+        "as iw-live, micro-batching off",
+        env={"INFERWATCH_MICROBATCH_ENABLED": "false"},
+    ),
+    Variant(
+        "iw-live-nowait",
+        "as iw-live, micro-batches never wait to fill",
+        env={"INFERWATCH_MICROBATCH_MAX_WAIT_MS": "0"},
     ),
     Variant(
         "iw-live-no-http",

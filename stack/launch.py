@@ -461,6 +461,9 @@ class Stack:
             # costs the export thread measurable CPU per request (bench/cpu).
             "OTEL_METRIC_EXPORT_INTERVAL": "5000",
             "OTEL_BSP_SCHEDULE_DELAY": "500",
+            # the SDK's own span-processor counters (spans dropped before export), read by
+            # the pipeline dashboard and InferwatchTelemetryDropped; the same in compose
+            "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED": "true",
             # One row per predict_proba gains nothing from OpenMP threads, and their
             # spin-waits stalled single predictions on a busy 2-core host (measured: a P99
             # far above the P50). The caller's own value wins.

@@ -78,6 +78,10 @@ MV: tuple[str, ...] = (MODEL_NAME, MODEL_VERSION)
 MN: tuple[str, ...] = (MODEL_NAME,)
 _PER_MODEL = (
     names.INFERENCE_DURATION,
+    names.INFERENCE_QUEUE_DURATION,
+    names.MICROBATCH_SIZE,
+    names.MICROBATCH_DURATION,
+    names.MICROBATCH_QUEUE_DEPTH,
     names.BATCH_INFERENCE_DURATION,
     names.PREDICTIONS,
     names.DRIFT_PSI,

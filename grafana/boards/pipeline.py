@@ -149,16 +149,17 @@ def build() -> db.Dashboard:
         ),
         panel(
             timeseries.Panel().legend(legend("mean", "max")),
-            "Telemetry the service dropped before export",
-            "Request-path measurements and span ends the service queued for its telemetry "
-            "thread, run and dropped (queue full: that thread fell behind), per process. "
-            "Bad: any dropped (alert InferwatchTelemetryDropped: metrics undercount, spans "
-            "go missing).",
+            "Spans the service dropped before export",
+            "Spans the service's batch span processor handled, per outcome and process (the "
+            "OpenTelemetry SDK's own otel.sdk.processor.span.processed): exported or handed "
+            "on (no error_type) and dropped (error_type, e.g. queue_full: the export thread "
+            "fell behind or the collector is away long enough to fill the queue). Bad: any "
+            "dropped (alert InferwatchTelemetryDropped: traces go missing).",
             "cps",
             promql(
-                "sum by (outcome, instance) (rate("
-                f"{sel(prom(names.TELEMETRY_DEFERRED))}[$__rate_interval]))",
-                "{{outcome}} {{instance}}",
+                "sum by (error_type, instance) (rate("
+                f"{sel(prom(names.SDK_SPANS_PROCESSED))}[$__rate_interval]))",
+                "{{instance}} {{error_type}}",
             ),
             w=12,
         ),

@@ -346,13 +346,29 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
         _alert(
             slo,
             "InferwatchTelemetryDropped",
-            f"sum by (job, instance) (increase({prom(names.TELEMETRY_DEFERRED)}"
-            f'{{outcome="dropped"}}[{tel["dropped_window"]}])) > 0',
+            f"sum by (job, instance) (increase({prom(names.SDK_SPANS_PROCESSED)}"
+            f'{{error_type!=""}}[{tel["dropped_window"]}])) > 0',
             "ticket",
-            "The service dropped its own telemetry",
-            "{{ $labels.instance }} dropped queued telemetry (measurements, span ends) in "
-            f"the last {tel['dropped_window']}: its drain thread fell behind, so its metrics "
-            "undercount and some spans are missing.",
+            "The service dropped spans before export",
+            "{{ $labels.instance }}'s batch span processor dropped spans in the last "
+            f"{tel['dropped_window']} (its queue was full: the export thread fell behind or "
+            "the collector was away): some traces are missing.",
+        )
+    )
+    mb = slo["microbatch"]
+    rules.append(
+        _alert(
+            slo,
+            "InferwatchLoadShedding",
+            f"sum by (job, instance) (increase({prom(names.REJECTED_REQUESTS)}"
+            f'{{{names.ATTR_REJECT_REASON}="{names.REASON_OVERLOADED}"}}'
+            f"[{mb['shed_window']}])) > 0",
+            "page",
+            "The service is shedding predictions",
+            "{{ $labels.instance }} answered predictions with 503 overloaded in the last "
+            f"{mb['shed_window']}: its micro-batch queue was full (more offered load than "
+            "the model can serve). Clients are being refused: add workers or replicas.",
+            mb["shed_for"],
         )
     )
     rules.append(

@@ -34,6 +34,7 @@ from inferwatch.api.routes import model as model_routes
 from inferwatch.api.runtime import Runtime
 from inferwatch.api.validation import InstanceValidator, feature_json_schema
 from inferwatch.audit.sink import AuditSink
+from inferwatch.inference.batcher import BatchTelemetry, MicroBatcher
 from inferwatch.inference.loading import LoadedModel, find_model, load_model
 from inferwatch.inference.predictor import Predictor
 from inferwatch.settings import HttpInstrumentation, Settings
@@ -75,21 +76,11 @@ def _wire_http_instrumentation(
         return
     if mode == HttpInstrumentation.INFERWATCH and telemetry.meter is not None:
         http.tracer = telemetry.tracer
-        duration = telemetry.meter.create_histogram(
+        http.duration = telemetry.meter.create_histogram(
             names.HTTP_SERVER_DURATION,
             unit=names.METRICS[names.HTTP_SERVER_DURATION].unit,
             description="Duration of HTTP server requests.",
         )
-        http.duration = telemetry.deferred.histogram(duration) if telemetry.deferred else duration
-        http.deferred = telemetry.deferred
-    elif mode == HttpInstrumentation.FASTAPI_NATIVE:
-        # FastAPI reads its providers from this config on every request; providers
-        # are per process and only exist once the lifespan runs, so they are set here.
-        config = app._telemetry
-        config["tracer_provider"] = telemetry.tracer_provider
-        config["meter_provider"] = telemetry.meter_provider
-        config["tracing"] = True
-        config["metrics"] = True
     elif mode == HttpInstrumentation.OTEL_CONTRIB:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
@@ -119,6 +110,29 @@ def contrib_semconv_warning(environ: Mapping[str, str]) -> str | None:
         "INFERWATCH_HTTP_INSTRUMENTATION=otel-contrib without OTEL_SEMCONV_STABILITY_OPT_IN=http: "
         "the contrib instrumentation emits the old HTTP conventions (http.server.duration in "
         "ms), not http.server.request.duration, which the error-budget rules read"
+    )
+
+
+def build_batcher(
+    settings: Settings, predictor: Predictor, telemetry: Telemetry, ins: ServiceInstruments
+) -> MicroBatcher:
+    """The process's micro-batcher (INFERWATCH_MICROBATCH_*; off: batches of one)."""
+    meta = predictor.metadata
+    base = {names.ATTR_MODEL_NAME: meta.name, names.ATTR_MODEL_VERSION: meta.version}
+    on = settings.telemetry_enabled
+    return MicroBatcher(
+        predictor.predict,
+        BatchTelemetry(
+            tracer=telemetry.tracer if on else None,
+            size=ins.microbatch_size if on else None,
+            duration=ins.microbatch_duration if on else None,
+            ok_attrs={**base, names.ATTR_OUTCOME: "ok"},
+            error_attrs={**base, names.ATTR_OUTCOME: "error"},
+            span_attrs=base,
+        ),
+        max_batch_size=settings.microbatch_max_size if settings.microbatch_enabled else 1,
+        max_wait_s=settings.microbatch_max_wait_ms / 1000 if settings.microbatch_enabled else 0,
+        max_queue=settings.microbatch_max_queue,
     )
 
 
@@ -152,22 +166,24 @@ def create_app(
             sink = build_audit_sink(settings, meter)
         sink.start()
         instruments = ServiceInstruments.create(meter)
-        if telemetry.deferred is not None:
-            instruments = instruments.deferred(telemetry.deferred)
+        predictor = Predictor(loaded)
+        batcher = build_batcher(settings, predictor, telemetry, instruments)
+        batcher.start()
         analyst_dsn = settings.analyst_database_url  # unset or empty: /v1/monitoring/* 503
         store = MonitoringStore(analyst_dsn.get_secret_value()) if analyst_dsn else None
         if store is not None:
             store.open()  # connects nothing yet: start-up never waits for Postgres
         runtime = Runtime(
             settings=settings,
-            predictor=Predictor(loaded),
+            predictor=predictor,
             validator=InstanceValidator(loaded.metadata.feature_schema, settings.max_string_length),
             telemetry=telemetry,
             instruments=instruments,
             audit=sink,
-            span_finisher=http.deferred,
+            batcher=batcher,
             monitoring=store,
         )
+        names.observe_queue_depth(meter, lambda: batcher.depth, runtime.model_attrs)
         app.state.runtime = runtime  # read only by inferwatch.api.deps
         _install_openapi(app, runtime)
         log.info(
@@ -185,12 +201,13 @@ def create_app(
             yield
         finally:
             runtime.ready = False
+            await batcher.stop()  # fails what is still queued with 503; ends the model thread
             if store is not None:
                 store.close()
             try:
                 sink.close(settings.audit_shutdown_timeout_s)
             finally:
-                http.tracer = http.duration = http.deferred = None
+                http.tracer = http.duration = None
                 telemetry.shutdown(settings.telemetry_shutdown_timeout_s)
 
     app = FastAPI(
@@ -203,8 +220,7 @@ def create_app(
         redoc_url=None,
         # One HTTP instrumentation (INFERWATCH_HTTP_INSTRUMENTATION): ours by default,
         # service/inferwatch/telemetry/http.py, measured cheapest (docs/decisions.md). FastAPI's
-        # own stays off here; the lifespan switches it on only in `fastapi-native`
-        # mode, once providers exist. Never operation spans or log records.
+        # own stays off. Never operation spans or log records.
         telemetry={
             "tracing": False,
             "metrics": False,

@@ -28,7 +28,6 @@ class HttpInstrumentation(StrEnum):
     """Which HTTP server instrumentation runs (exactly one; see docs/decisions.md)."""
 
     INFERWATCH = "inferwatch"
-    FASTAPI_NATIVE = "fastapi-native"
     OTEL_CONTRIB = "otel-contrib"
     NONE = "none"
 
@@ -50,6 +49,16 @@ class Settings(BaseSettings):
     # BLAS/OpenMP threads for inference, per process. 1 by default: a request is one
     # row, and extra threads only fight the server (and other workers) for the cores.
     inference_threads: int = Field(1, ge=1, le=64)
+    # Adaptive micro-batching of /v1/predict (service/inferwatch/inference/batcher.py):
+    # concurrent requests share one predict_proba call of at most max_size rows; the
+    # consumer waits up to max_wait_ms for a batch to fill only while there is
+    # concurrency (never for a request that arrives alone); more than max_queue waiting
+    # requests are shed with 503 + Retry-After. Off: every request is a batch of one.
+    # Defaults measured on the reference machine (docs/benchmarks.md, bench.overhead).
+    microbatch_enabled: bool = True
+    microbatch_max_size: int = Field(64, ge=1, le=4096)
+    microbatch_max_wait_ms: float = Field(1.0, ge=0, le=100)
+    microbatch_max_queue: int = Field(1024, ge=1)
 
     # --- telemetry ---------------------------------------------------------------
     telemetry_enabled: bool = True
@@ -64,10 +73,6 @@ class Settings(BaseSettings):
     exponential_max_scale: int = Field(20, ge=-10, le=20)
     exponential_max_size: int = Field(160, ge=2)
     telemetry_shutdown_timeout_s: float = Field(3.0, ge=0)
-    # Request-path telemetry (measurements, span attributes and ends) is queued and run
-    # by a background thread this often (service/inferwatch/telemetry/deferred.py); exemplar ids and
-    # span times stay exact, every metric collection drains first. 0: all inline.
-    telemetry_batch_ms: int = Field(100, ge=0, le=5000)
     # test-only latency injection; refused unless environment is development or test
     inject_latency_s: float = Field(0.0, ge=0, le=5)
 
@@ -102,10 +107,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
-        if self.inject_latency_s and self.environment not in ("development", "test"):
-            raise ValueError(
-                "inject_latency_s is a test-only switch; refused in " + self.environment
-            )
+        if self.environment not in ("development", "test"):
+            if self.inject_latency_s:
+                raise ValueError(
+                    "inject_latency_s is a test-only switch; refused in " + self.environment
+                )
+            if self.http_instrumentation == HttpInstrumentation.NONE:
+                # no server span, no HTTP duration: the error-budget alerts go silent
+                raise ValueError(
+                    "http_instrumentation=none is a benchmark switch; refused in "
+                    + self.environment
+                )
         if any(p == "hash" for p in self.audit_privacy.values()) and self.audit_hmac_key is None:
             raise ValueError("audit_privacy uses 'hash' but INFERWATCH_AUDIT_HMAC_KEY is unset")
         if self.environment == "production":

@@ -47,6 +47,9 @@ def test_every_emitted_metric_is_declared_with_its_unit_and_kind(
         names.BATCH_INFERENCE_DURATION,
         names.PREDICTIONS,
         names.REJECTED_REQUESTS,
-        names.TELEMETRY_DEFERRED,
+        names.INFERENCE_QUEUE_DURATION,
+        names.MICROBATCH_SIZE,
+        names.MICROBATCH_DURATION,
+        names.MICROBATCH_QUEUE_DEPTH,
     } <= emitted.keys()
     assert {n: METRICS.get(n) for n in emitted} == emitted

@@ -27,7 +27,7 @@ from inferwatch.audit.sink import InMemoryAuditSink
 from inferwatch.inference.loading import LoadedModel
 from inferwatch.settings import Settings
 from inferwatch.telemetry import instruments as names
-from tests.fixtures.api import DrainedSpans, Harness, attributes_of, make_harness
+from tests.fixtures.api import FinishedSpans, Harness, attributes_of, make_harness
 
 boom = APIRouter()
 
@@ -51,7 +51,7 @@ def harness_with_boom(small_model: LoadedModel) -> Iterator[Harness]:
     )
     app.include_router(boom)
     with TestClient(app, raise_server_exceptions=False) as client:
-        yield Harness(client, DrainedSpans(spans, app), reader, audit, small_model)
+        yield Harness(client, FinishedSpans(spans), reader, audit, small_model)
 
 
 def http_points(harness: Harness) -> list[Any]:
@@ -67,7 +67,7 @@ def http_points(harness: Harness) -> list[Any]:
     ]
 
 
-@pytest.mark.parametrize("mode", ["inferwatch", "fastapi-native"])
+@pytest.mark.parametrize("mode", ["inferwatch"])
 def test_each_mode_makes_one_server_span_per_request(
     small_model: LoadedModel, valid_features: dict[str, Any], mode: str
 ) -> None:
@@ -75,7 +75,7 @@ def test_each_mode_makes_one_server_span_per_request(
         for _ in range(3):
             assert h.client.post("/v1/predict", json={"features": valid_features}).is_success
         assert h.client.get("/healthz").is_success  # probes are not traced
-        spans = h.spans.get_finished_spans()
+        spans = h.spans.server()
         assert [(s.name, s.kind) for s in spans] == [("POST /v1/predict", SpanKind.SERVER)] * 3
         for span in spans:  # the prediction is on the server span whichever ends it
             assert span.attributes is not None
@@ -91,7 +91,7 @@ def test_no_http_instrumentation_makes_no_span(
     for h in make_harness(small_model, http_instrumentation="none"):
         resp = h.client.post("/v1/predict", json={"features": valid_features})
         assert resp.is_success
-        assert h.spans.get_finished_spans() == ()
+        assert h.spans.server() == ()
         assert http_points(h) == []
 
 
@@ -99,7 +99,7 @@ def test_span_and_metric_follow_the_stable_http_conventions(
     harness: Harness, valid_features: dict[str, Any]
 ) -> None:
     resp = harness.client.post("/v1/predict", json={"features": valid_features})
-    (span,) = harness.spans.get_finished_spans()
+    (span,) = harness.spans.server()
     attrs = dict(span.attributes or {})
     assert {k: attrs[k] for k in attrs if not k.startswith(("inferwatch.", "model.", "pred"))} == {
         "http.request.method": "POST",
@@ -134,7 +134,7 @@ def test_a_callers_traceparent_is_continued(
         headers={"traceparent": f"00-{trace_id}-{parent_id}-01"},
     )
     assert resp.json()["trace_id"] == trace_id
-    (span,) = harness.spans.get_finished_spans()
+    (span,) = harness.spans.server()
     assert span.parent is not None
     assert span.parent.is_remote
     assert format(span.parent.span_id, "016x") == parent_id
@@ -143,7 +143,7 @@ def test_a_callers_traceparent_is_continued(
 def test_client_errors_are_not_span_errors(harness: Harness) -> None:
     assert harness.client.post("/v1/predict", json={"features": {}}).status_code == 422
     assert harness.client.get("/no/such/path/123").status_code == 404
-    spans = {s.name: s for s in harness.spans.get_finished_spans()}
+    spans = {s.name: s for s in harness.spans.server()}
     assert set(spans) == {"POST /v1/predict", "GET"}  # no route: method only
     assert attributes_of(spans["POST /v1/predict"])["http.response.status_code"] == 422
     assert "http.route" not in attributes_of(spans["GET"])  # never the raw path on a route
@@ -156,7 +156,7 @@ def test_an_unhandled_exception_is_a_server_error_on_span_and_metric(
 ) -> None:
     h = harness_with_boom
     assert h.client.get("/v1/boom").status_code == 500
-    (span,) = h.spans.get_finished_spans()
+    (span,) = h.spans.server()
     assert span.name == "GET /v1/boom"
     assert span.status.status_code == StatusCode.ERROR
     assert attributes_of(span)["error.type"] == "RuntimeError"
@@ -170,7 +170,7 @@ def test_an_unhandled_exception_is_a_server_error_on_span_and_metric(
 def test_unknown_methods_are_bounded_on_metrics(harness: Harness) -> None:
     resp = harness.client.request("FROB", "/v1/predict")
     assert resp.status_code == 405
-    (span,) = harness.spans.get_finished_spans()
+    (span,) = harness.spans.server()
     assert span.name == "HTTP /v1/predict"
     assert attributes_of(span)["http.request.method"] == "_OTHER"
     assert attributes_of(span)["http.request.method_original"] == "FROB"
@@ -184,7 +184,7 @@ def test_a_span_finished_at_the_drain_keeps_the_requests_end_time(
     before = time_ns()
     resp = harness.client.post("/v1/predict", json={"features": valid_features})
     answered = time_ns()
-    (span,) = harness.spans.get_finished_spans()  # drained only now, after `answered`
+    (span,) = harness.spans.server()  # drained only now, after `answered`
     assert resp.status_code == 200
     assert span.start_time is not None
     assert span.end_time is not None
@@ -194,17 +194,6 @@ def test_a_span_finished_at_the_drain_keeps_the_requests_end_time(
     assert attrs[names.ATTR_PREDICTION_ID] == resp.json()["prediction_id"]
     assert attrs["http.route"] == "/v1/predict"
     assert span.name == "POST /v1/predict"
-
-
-def test_with_batching_off_the_span_ends_on_the_request(
-    small_model: LoadedModel, valid_features: dict[str, Any]
-) -> None:
-    for h in make_harness(small_model, telemetry_batch_ms=0):
-        h.client.post("/v1/predict", json={"features": valid_features})
-        # no drain: the exporter itself already holds the finished span
-        (span,) = h.spans.exporter.get_finished_spans()
-        assert span.attributes is not None
-        assert span.attributes[names.ATTR_PREDICTION_CLASS] in (0, 1)
 
 
 def test_otel_contrib_mode_warns_without_the_stable_http_opt_in() -> None:

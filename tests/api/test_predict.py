@@ -40,7 +40,7 @@ def test_one_prediction_is_one_span_one_sample_one_exemplar_one_audit_row(
     assert 0.0 <= out["probability"] <= 1.0
     assert len(out["trace_id"]) == 32
 
-    spans = harness.spans.get_finished_spans()
+    spans = harness.spans.server()
     assert len(spans) == 1, [s.name for s in spans]
     span = spans[0]
     assert span.kind == SpanKind.SERVER
@@ -140,7 +140,7 @@ def test_batch_predicts_each_instance_in_one_span(harness: Harness) -> None:
     assert resp.status_code == 200, resp.text
     preds = resp.json()["predictions"]
     assert len(preds) == 5
-    (span,) = harness.spans.get_finished_spans()
+    (span,) = harness.spans.server()
     assert span.attributes is not None
     assert span.attributes[names.ATTR_BATCH_SIZE] == 5
     assert list(attributes_of(span)[names.ATTR_PREDICTION_IDS]) == [
@@ -184,7 +184,7 @@ def test_model_health_ready_and_openapi(harness: Harness) -> None:
     assert props["merchant_category"]["enum"][0] == "grocery"
     harness.client.get("/metrics")
     # probes and scrapes make no spans; API calls make one each
-    assert sorted(s.name for s in harness.spans.get_finished_spans()) == [
+    assert sorted(s.name for s in harness.spans.server()) == [
         "GET /openapi.json",
         "GET /v1/model",
     ]

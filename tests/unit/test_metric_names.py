@@ -18,7 +18,6 @@ from opentelemetry.metrics import NoOpMeter
 from inferwatch.analysis.jobs import AnalysisGauges
 from inferwatch.audit.writer import PostgresAuditWriter
 from inferwatch.telemetry import instruments as names
-from inferwatch.telemetry.deferred import DeferredTelemetry
 from inferwatch.telemetry.instruments import METRICS, MetricSpec, prometheus_name
 
 
@@ -83,8 +82,8 @@ def _audit_writer(meter: RecordingMeter, tmp_path: Path) -> None:
     PostgresAuditWriter(dsn=None, spool_dir=tmp_path / "spool", meter=meter)
 
 
-def _deferred(meter: RecordingMeter, tmp_path: Path) -> None:
-    DeferredTelemetry(meter, 0.1)
+def _batcher(meter: RecordingMeter, tmp_path: Path) -> None:
+    names.observe_queue_depth(meter, lambda: 0, {})
 
 
 def _analysis_job(meter: RecordingMeter, tmp_path: Path) -> None:
@@ -94,7 +93,7 @@ def _analysis_job(meter: RecordingMeter, tmp_path: Path) -> None:
 CREATORS: dict[str, Callable[[RecordingMeter, Path], None]] = {
     "service": _service,
     "audit writer": _audit_writer,
-    "deferred telemetry": _deferred,
+    "micro-batcher": _batcher,
     "analysis job": _analysis_job,
 }
 
@@ -115,8 +114,9 @@ def test_every_declared_metric_is_created(tmp_path: Path) -> None:
         meter = RecordingMeter()
         creator(meter, tmp_path)
         created |= meter.created.keys()
-    # the HTTP histogram is created by the app's wiring: tests/api/test_declared_metrics.py
-    assert set(METRICS) - created == {names.HTTP_SERVER_DURATION}
+    # the HTTP histogram is created by the app's wiring (tests/api/test_declared_metrics.py),
+    # the span processor's counter by the SDK (tests/e2e/test_pipeline.py finds it)
+    assert set(METRICS) - created == {names.HTTP_SERVER_DURATION, names.SDK_SPANS_PROCESSED}
 
 
 @pytest.mark.parametrize(
@@ -153,7 +153,9 @@ def test_every_metric_name_is_declared_once_and_distinct() -> None:
     constants = [
         value
         for key, value in vars(names).items()
-        if key.isupper() and isinstance(value, str) and not key.startswith(("ATTR_", "SCOPE_"))
+        if key.isupper()
+        and isinstance(value, str)
+        and not key.startswith(("ATTR_", "SCOPE_", "REASON_"))
     ]
     assert len(set(constants)) == len(constants), "two constants name the same metric"
     assert set(constants) == set(METRICS)

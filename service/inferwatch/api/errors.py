@@ -8,7 +8,7 @@ imports this module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import orjson
 from starlette.responses import Response
@@ -25,16 +25,24 @@ class ApiError(Exception):
         reason: str,
         message: str,
         problems: Sequence[Problem] = (),
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
         self.problems = list(problems)
+        self.headers = headers
 
 
 def error_response(
-    status: int, code: str, message: str, problems: Sequence[Problem] = ()
+    status: int,
+    code: str,
+    message: str,
+    problems: Sequence[Problem] = (),
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     body = {"error": code, "message": message, "detail": [p.as_dict() for p in problems]}
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+    return Response(
+        orjson.dumps(body), status_code=status, headers=headers, media_type="application/json"
+    )

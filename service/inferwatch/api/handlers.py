@@ -29,7 +29,7 @@ def install_error_handlers(app: FastAPI) -> None:
         runtime = find_runtime(request)  # None before start-up: nothing to count with yet
         if runtime is not None:
             runtime.count_rejected(exc.reason)
-        return error_response(exc.status, exc.reason, exc.message, exc.problems)
+        return error_response(exc.status, exc.reason, exc.message, exc.problems, exc.headers)
 
     async def request_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

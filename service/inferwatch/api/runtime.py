@@ -1,9 +1,10 @@
 """Everything a request needs, built once per process in the lifespan.
 
-The predictor, the validator, the instruments with their attribute sets precomputed
-(no per-request allocation of instruments or attribute dicts), the audit sink, the
-analysts' monitoring store, and the readiness flag. Routes reach it only through
-:mod:`inferwatch.api.deps`. Nothing here is built or opened per request.
+The predictor and its micro-batcher, the validator, the instruments with their
+attribute sets precomputed (no per-request allocation of instruments or attribute
+dicts), the audit sink, the analysts' monitoring store, and the readiness flag.
+Routes reach it only through :mod:`inferwatch.api.deps`. Nothing here is built or
+opened per request.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from opentelemetry.util.types import Attributes
 from inferwatch.analysis.monitoring import MonitoringStore
 from inferwatch.api.validation import InstanceValidator
 from inferwatch.audit.sink import AuditSink
+from inferwatch.inference.batcher import MicroBatcher
 from inferwatch.inference.predictor import Predictor
 from inferwatch.settings import Settings
 from inferwatch.telemetry import instruments as names
-from inferwatch.telemetry.deferred import DeferredTelemetry
 from inferwatch.telemetry.instruments import ServiceInstruments
 from inferwatch.telemetry.setup import Telemetry
 
@@ -32,9 +33,7 @@ class Runtime:
     telemetry: Telemetry
     instruments: ServiceInstruments
     audit: AuditSink
-    # set when our HTTP instrumentation finishes the server span at the next drain: the
-    # route's span attributes then go through the same queue, before the span's end
-    span_finisher: DeferredTelemetry | None = None
+    batcher: MicroBatcher  # every model call goes through it: never on the event loop
     # the analyst-role queries of /v1/monitoring/*; None without INFERWATCH_ANALYST_DATABASE_URL
     monitoring: MonitoringStore | None = None
     ready: bool = True

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from time import perf_counter, time_ns
+from time import perf_counter
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -42,8 +42,6 @@ from opentelemetry.semconv.attributes.url_attributes import URL_PATH, URL_SCHEME
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inferwatch.telemetry.deferred import DeferredTelemetry
-
 log = logging.getLogger(__name__)
 
 _KNOWN_METHODS: Final = frozenset(
@@ -58,9 +56,6 @@ class HttpInstruments:
 
     tracer: Tracer | None = None
     duration: Histogram | None = None
-    # when set, a successful request's span is finished (name, attributes, end) at the
-    # next drain, with the request's end time (service/inferwatch/telemetry/deferred.py)
-    deferred: DeferredTelemetry | None = None
 
 
 class HttpServerTelemetry:
@@ -187,10 +182,6 @@ class HttpServerTelemetry:
                 self._sets[key] = sets
         attrs, span_attrs, name = sets
         duration.record(perf_counter() - started, attrs)  # inside the span: exemplars
-        deferred = self._ins.deferred
-        if deferred is not None and error_type is None:
-            deferred.end_span(span, name, span_attrs, time_ns())
-            return
         if name is not None:
             span.update_name(name)
         span.set_attributes(span_attrs)

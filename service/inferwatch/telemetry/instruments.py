@@ -16,16 +16,14 @@ Prometheus. Nothing here creates an instrument at import or holds global state.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final, Literal
 
-from opentelemetry.metrics import Counter, Histogram, Meter, UpDownCounter
+from opentelemetry.metrics import Counter, Histogram, Meter, Observation, UpDownCounter
 from opentelemetry.semconv.metrics import http_metrics
-
-if TYPE_CHECKING:
-    from inferwatch.telemetry.deferred import DeferredTelemetry
+from opentelemetry.util.types import Attributes
 
 # --- instrumentation scope ---------------------------------------------------------
 SCOPE_NAME: Final = "inferwatch"
@@ -37,7 +35,7 @@ SCOPE_NAME: Final = "inferwatch"
 ATTR_MODEL_NAME: Final = "model.name"
 ATTR_MODEL_VERSION: Final = "model.version"
 ATTR_PREDICTION_CLASS: Final = "prediction.class"
-# inference histogram: "ok" | "error"; deferred-telemetry counter: "recorded" | "dropped"
+# inference and micro-batch histograms: "ok" | "error"
 ATTR_OUTCOME: Final = "outcome"
 ATTR_REJECT_REASON: Final = "reason"
 ATTR_PREDICTION_ID: Final = "inferwatch.prediction.id"
@@ -54,8 +52,16 @@ BATCH_INFERENCE_DURATION: Final = "inferwatch.inference.batch.duration"
 PREDICTIONS: Final = "inferwatch.predictions"
 REJECTED_REQUESTS: Final = "inferwatch.requests.rejected"
 HTTP_SERVER_DURATION: Final = http_metrics.HTTP_SERVER_REQUEST_DURATION  # telemetry/http.py
-# request-path measurements handed to the SDK off the request path (telemetry/deferred.py)
-TELEMETRY_DEFERRED: Final = "inferwatch.telemetry.deferred"
+# adaptive micro-batching (inference/batcher.py): the queueing part of a request's
+# inference duration; per batch, its size and its predict_proba time; the queue's depth
+INFERENCE_QUEUE_DURATION: Final = "inferwatch.inference.queue.duration"
+MICROBATCH_SIZE: Final = "inferwatch.microbatch.size"
+MICROBATCH_DURATION: Final = "inferwatch.microbatch.duration"
+MICROBATCH_QUEUE_DEPTH: Final = "inferwatch.microbatch.queue.depth"
+# the OpenTelemetry SDK's own metric (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED=true): spans
+# the batch span processor handled, with error.type="queue_full" for the ones it dropped
+SDK_SPANS_PROCESSED: Final = "otel.sdk.processor.span.processed"
+REASON_OVERLOADED: Final = "overloaded"  # the rejected counter's reason when load is shed
 
 AUDIT_ENQUEUED: Final = "inferwatch.audit.enqueued"
 AUDIT_WRITTEN: Final = "inferwatch.audit.written"
@@ -100,7 +106,11 @@ METRICS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
         PREDICTIONS: MetricSpec("{prediction}", "counter"),
         REJECTED_REQUESTS: MetricSpec("{request}", "counter"),
         HTTP_SERVER_DURATION: MetricSpec("s", "histogram"),
-        TELEMETRY_DEFERRED: MetricSpec("{item}", "counter"),
+        INFERENCE_QUEUE_DURATION: MetricSpec("s", "histogram"),
+        MICROBATCH_SIZE: MetricSpec("{request}", "histogram"),
+        MICROBATCH_DURATION: MetricSpec("s", "histogram"),
+        MICROBATCH_QUEUE_DEPTH: MetricSpec("{request}", "gauge"),
+        SDK_SPANS_PROCESSED: MetricSpec("{span}", "counter"),
         AUDIT_ENQUEUED: MetricSpec("{record}", "counter"),
         AUDIT_WRITTEN: MetricSpec("{record}", "counter"),
         AUDIT_SPOOLED: MetricSpec("{record}", "counter"),
@@ -173,18 +183,12 @@ class ServiceInstruments:
     """The request-path instruments, created once per meter provider (never per request)."""
 
     inference_duration: Histogram
+    queue_duration: Histogram
     batch_inference_duration: Histogram
+    microbatch_size: Histogram
+    microbatch_duration: Histogram
     predictions: Counter
     rejected: Counter
-
-    def deferred(self, by: DeferredTelemetry) -> ServiceInstruments:
-        """The same instruments, recording through ``by`` (telemetry/deferred.py)."""
-        return ServiceInstruments(
-            inference_duration=by.histogram(self.inference_duration),
-            batch_inference_duration=by.histogram(self.batch_inference_duration),
-            predictions=by.counter(self.predictions),
-            rejected=by.counter(self.rejected),
-        )
 
     @classmethod
     def create(cls, meter: Meter) -> ServiceInstruments:
@@ -192,7 +196,23 @@ class ServiceInstruments:
             inference_duration=meter.create_histogram(
                 INFERENCE_DURATION,
                 unit=METRICS[INFERENCE_DURATION].unit,
-                description="Duration of model inference (predict_proba) for one prediction.",
+                description="Inference time one prediction experienced: waiting for its "
+                "micro-batch plus that batch's predict_proba.",
+            ),
+            queue_duration=meter.create_histogram(
+                INFERENCE_QUEUE_DURATION,
+                unit=METRICS[INFERENCE_QUEUE_DURATION].unit,
+                description="Time one prediction waited in the micro-batch queue.",
+            ),
+            microbatch_size=meter.create_histogram(
+                MICROBATCH_SIZE,
+                unit=METRICS[MICROBATCH_SIZE].unit,
+                description="Requests served by one micro-batch (one predict_proba call).",
+            ),
+            microbatch_duration=meter.create_histogram(
+                MICROBATCH_DURATION,
+                unit=METRICS[MICROBATCH_DURATION].unit,
+                description="Duration of one micro-batch's predict_proba call.",
             ),
             batch_inference_duration=meter.create_histogram(
                 BATCH_INFERENCE_DURATION,
@@ -210,6 +230,16 @@ class ServiceInstruments:
                 description="Requests rejected before inference, by reason.",
             ),
         )
+
+
+def observe_queue_depth(meter: Meter, depth: Callable[[], int], attrs: Attributes) -> None:
+    """The micro-batch queue's depth, read by the SDK at each collection."""
+    meter.create_observable_gauge(
+        MICROBATCH_QUEUE_DEPTH,
+        callbacks=[lambda _: [Observation(depth(), attrs)]],
+        unit=METRICS[MICROBATCH_QUEUE_DEPTH].unit,
+        description="Predictions waiting in the micro-batch queue.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,5 +278,6 @@ __all__ = [n for n in dir() if n.isupper()] + [
     "MetricSpec",
     "ServiceInstruments",
     "UpDownCounter",
+    "observe_queue_depth",
     "prometheus_name",
 ]

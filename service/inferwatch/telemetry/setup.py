@@ -49,7 +49,6 @@ from prometheus_client import CollectorRegistry
 
 from inferwatch import __version__
 from inferwatch.settings import Settings
-from inferwatch.telemetry.deferred import DeferredTelemetry
 from inferwatch.telemetry.instruments import SCOPE_NAME
 
 log = logging.getLogger(__name__)
@@ -170,8 +169,6 @@ class Telemetry:
     meter: Meter | None
     registry: CollectorRegistry | None
     resource: Resource
-    # request-path measurements go through this when set (service/inferwatch/telemetry/deferred.py)
-    deferred: DeferredTelemetry | None = None
     _stopped: bool = field(default=False, repr=False)
 
     def shutdown(self, timeout_s: float) -> None:
@@ -185,8 +182,6 @@ class Telemetry:
         self._stopped = True
 
         def stop() -> None:
-            if self.deferred is not None:  # the provider's last collection drains it too
-                self.deferred.shutdown(timeout_s)
             if isinstance(self.tracer_provider, TracerProvider):
                 self.tracer_provider.force_flush(int(timeout_s * 1000))
                 self.tracer_provider.shutdown()
@@ -213,14 +208,6 @@ def build_telemetry(
         noop = NoOpTracerProvider()
         return Telemetry(noop, None, noop.get_tracer(SCOPE_NAME), None, None, resource)
 
-    tracer_provider = TracerProvider(resource=resource)
-    if span_processors is None:
-        span_processors = (
-            [BatchSpanProcessor(otlp_span_exporter())] if settings.otlp_enabled else []
-        )
-    for processor in span_processors:
-        tracer_provider.add_span_processor(processor)
-
     registry: CollectorRegistry | None = None
     if metric_readers is None:
         readers: list[MetricReader] = []
@@ -232,10 +219,19 @@ def build_telemetry(
         metric_readers = readers
     meter_provider = MeterProvider(resource=resource, metric_readers=list(metric_readers))
     meter = meter_provider.get_meter(SCOPE_NAME, __version__)
-    deferred = None
-    if settings.telemetry_batch_ms > 0:
-        deferred = DeferredTelemetry(meter, settings.telemetry_batch_ms / 1000)
-        deferred.start()
+
+    tracer_provider = TracerProvider(resource=resource)
+    if span_processors is None:
+        # the processor reports what it handled and dropped (queue full) through our own
+        # meter provider, when OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED=true (the launcher
+        # and compose set it): instruments.SDK_SPANS_PROCESSED
+        span_processors = (
+            [BatchSpanProcessor(otlp_span_exporter(), meter_provider=meter_provider)]
+            if settings.otlp_enabled
+            else []
+        )
+    for processor in span_processors:
+        tracer_provider.add_span_processor(processor)
     return Telemetry(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
@@ -243,5 +239,4 @@ def build_telemetry(
         meter=meter,
         registry=registry,
         resource=resource,
-        deferred=deferred,
     )

@@ -1,13 +1,19 @@
 """POST /v1/predict and /v1/predict/batch: validate, predict, record, respond.
 
-The prediction is recorded on the HTTP server span (one span per request): model,
-version, prediction id, class, probability and the caller's entity. The inference
-histogram is recorded inside that span, so its exemplars carry the trace id. The
-audit record is handed to the sink, which never blocks.
+A single prediction joins the process's micro-batcher (``inference/batcher.py``): the
+model runs in the model thread, never on the event loop, in one call with whatever
+other requests are queued. Per request, as if it had been served alone: the prediction
+is recorded on its HTTP server span (one span per request: model, version, prediction
+id, class, probability, the caller's entity, and the size of the batch it rode in);
+its inference duration (queueing + its batch's compute, what it experienced) and its
+queueing part are recorded inside that span, so exemplars carry its trace id; its
+audit record is handed to the sink, which never blocks. A full queue sheds the request
+with 503 ``overloaded`` and ``Retry-After`` (counted as a rejection).
 
-A model call that raises is a server fault, never the client's: its duration is
-recorded with ``outcome="error"``, no prediction is counted, no audit record made, and
-the catch-all handler answers 500 in the error shape (``inferwatch.api.errors``).
+A model call that raises is a server fault, never the client's: the requests of that
+batch get the error, their durations are recorded with ``outcome="error"``, no
+prediction is counted, no audit record made, and the catch-all handler answers 500 in
+the error shape (``inferwatch.api.errors``).
 """
 
 from __future__ import annotations
@@ -26,12 +32,13 @@ from uuid_utils.compat import uuid7
 from inferwatch.api.body import read_json
 from inferwatch.api.deps import RuntimeDep, get_runtime
 from inferwatch.api.errors import ApiError
-from inferwatch.api.runtime import Runtime
 from inferwatch.api.validation import Problem, ValidInstance, feature_json_schema
 from inferwatch.audit.records import PredictionRecord
+from inferwatch.inference.batcher import Overloaded, Stopped
 from inferwatch.telemetry import instruments as names
 
 router = APIRouter(prefix="/v1", tags=["predict"])
+RETRY_AFTER = {"Retry-After": "1"}  # seconds: a queue drains in milliseconds
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed JSON"},
@@ -39,7 +46,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     415: {"description": "Not JSON"},
     422: {"description": "Invalid fields; `detail` names every bad field and why"},
     500: {"description": "Server fault (the model call failed)"},
-    503: {"description": "Not ready: starting or shutting down"},
+    503: {
+        "description": "Not ready (starting or shutting down), or overloaded: the "
+        "micro-batch queue is full; retry after the `Retry-After` seconds"
+    },
 }
 
 
@@ -50,14 +60,6 @@ def _ids() -> tuple[str, str]:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
-def _set_span_attributes(runtime: Runtime, span: trace.Span, attrs: dict[str, Any]) -> None:
-    finisher = runtime.span_finisher
-    if finisher is not None:  # our middleware ends the span at the drain, after these
-        finisher.set_span_attributes(span, attrs)
-    else:  # FastAPI's or contrib's instrumentation ends it right after the response
-        span.set_attributes(attrs)
-
-
 @router.post("/predict", responses=_ERRORS, summary="Score one transaction")
 async def predict(request: Request) -> Response:
     runtime = await get_runtime(request)  # a plain call: Depends costs CPU per request
@@ -66,22 +68,37 @@ async def predict(request: Request) -> Response:
     if inst is None:
         raise ApiError(422, "validation", "invalid prediction request", problems)
     ins = runtime.instruments
+    span = trace.get_current_span()
+    ctx = span.get_span_context()
     started = perf_counter()
     try:
-        result = runtime.predictor.predict((inst.features,))[0]
+        served = await runtime.batcher.predict(inst.features, ctx)
+    except Overloaded:
+        raise ApiError(
+            503,
+            names.REASON_OVERLOADED,
+            "overloaded: too many predictions queued; retry later",
+            headers=RETRY_AFTER,
+        ) from None
+    except Stopped:
+        raise ApiError(503, "not_ready", "not ready: the service is shutting down") from None
     except Exception:  # a server fault: 500 from the catch-all handler; no prediction, no row
         ins.inference_duration.record(perf_counter() - started, runtime.error_attrs)
         raise
+    result = served.prediction
     if runtime.settings.inject_latency_s:
         await asyncio.sleep(runtime.settings.inject_latency_s)
     latency = perf_counter() - started
     ins.inference_duration.record(latency, runtime.model_attrs)  # inside the server span
+    ins.queue_duration.record(served.queued_s, runtime.model_attrs)
     ins.predictions.add(1, runtime.class_attrs[result.label])
     uid = uuid7()
     pid = str(uid)
-    trace_id, span_id = _ids()
+    if ctx.is_valid:
+        trace_id, span_id = format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+    else:
+        trace_id = span_id = ""
     meta = runtime.predictor.metadata
-    span = trace.get_current_span()
     if span.is_recording():
         attrs: dict[str, Any] = {
             names.ATTR_MODEL_NAME: meta.name,
@@ -89,11 +106,12 @@ async def predict(request: Request) -> Response:
             names.ATTR_PREDICTION_ID: pid,
             names.ATTR_PREDICTION_CLASS: result.label,
             names.ATTR_PROBABILITY: result.probability,
+            names.ATTR_BATCH_SIZE: served.batch_size,
         }
         if inst.entity_type is not None:
             attrs[names.ATTR_ENTITY_TYPE] = inst.entity_type
             attrs[names.ATTR_ENTITY_ID] = inst.entity_id
-        _set_span_attributes(runtime, span, attrs)
+        span.set_attributes(attrs)
     runtime.audit.submit(
         PredictionRecord.from_prediction(
             prediction_id=uid,
@@ -155,9 +173,12 @@ async def predict_batch(request: Request, runtime: RuntimeDep) -> Response:
     if problems:
         raise ApiError(422, "validation", "invalid batch request", problems)
     ins = runtime.instruments
+    rows = [v.features for v in valid]
     started = perf_counter()
-    try:
-        results = runtime.predictor.predict([v.features for v in valid])
+    try:  # in the model thread, between micro-batches: the event loop never runs the model
+        results = await runtime.batcher.run(lambda: runtime.predictor.predict(rows))
+    except Stopped:
+        raise ApiError(503, "not_ready", "not ready: the service is shutting down") from None
     except Exception:  # as in predict()
         ins.batch_inference_duration.record(perf_counter() - started, runtime.error_attrs)
         raise
