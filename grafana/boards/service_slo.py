@@ -145,8 +145,10 @@ def build() -> db.Dashboard:
             timeseries.Panel().legend(legend("mean", "max")),
             "Requests rejected before inference, by reason",
             "Requests refused before the model ran (validation, body too large, not JSON, "
-            "not ready), by reason. Bad: `not_ready` outside a deploy, or validation "
-            "rejections jumping (a client changed its payload).",
+            "not ready, overloaded: shed with 503 when the micro-batch queue is full), by "
+            "reason. Bad: `not_ready` outside a deploy, any `overloaded` (pages: "
+            "InferwatchLoadShedding), or validation rejections jumping (a client changed "
+            "its payload).",
             "reqps",
             promql(
                 f"sum by (reason) (rate({sel(prom(names.REJECTED_REQUESTS))}[$__rate_interval]))",
@@ -164,7 +166,8 @@ def build() -> db.Dashboard:
             .thresholds(thresholds((None, "green"), (p99_limit, "red")))
             .thresholds_style(dashed()),
             "Inference latency P50 / P95 / P99 by model version",
-            "Time in predict_proba per prediction, quantiles over 5 minutes per model "
+            "Inference time per prediction (waiting for its micro-batch plus that batch's "
+            "predict_proba: what the request experienced), quantiles over 5 minutes per model "
             "version (recording rules inferwatch:inference_latency:p*_5m, from the native "
             "histogram). The dashed line is the P99 alert threshold of prometheus/slo.yml. "
             "Bad: P99 above the line for 5 minutes pages (InferwatchInferenceP99High); a "
@@ -194,7 +197,8 @@ def build() -> db.Dashboard:
             .cell_gap(0)
             .show_legend(),
             "Inference latency distribution (exemplars link to traces)",
-            "The native histogram of predict_proba durations (successful calls) over time: "
+            "The native histogram of inference durations (micro-batch wait plus "
+            "predict_proba, successful calls) over time: "
             "each column is the latency distribution of one step. The dots are exemplars: "
             "a prediction's measured latency and trace id; click one for its trace in "
             "Jaeger, whose span carries the prediction id that finds its audit row. Bad: mass "
@@ -206,6 +210,61 @@ def build() -> db.Dashboard:
                 exemplar=True,
             ),
             w=12,
+        ),
+    )
+
+    panels.row("Micro-batching")
+    panels.add(
+        panel(
+            timeseries.Panel().legend(legend("mean", "max")),
+            "Micro-batch size by model version",
+            "Requests served per predict_proba call (median and P99 over the step): "
+            "concurrent requests share one call. Bad: stuck at INFERWATCH_MICROBATCH_MAX_SIZE "
+            "(the model is saturated: queue wait climbs next, then shedding); 1 under heavy "
+            "load (batching off or broken).",
+            "none",
+            *(
+                promql(
+                    f"histogram_quantile({q}, sum by (model_name, model_version) "
+                    f"(rate({sel(prom(names.MICROBATCH_SIZE))}[$__rate_interval])))",
+                    f"{label} {{{{model_version}}}}",
+                )
+                for q, label in ((0.5, "median"), (0.99, "P99"))
+            ),
+            w=8,
+        ),
+        panel(
+            timeseries.Panel().legend(legend("mean", "max")),
+            "Queue wait vs batch compute, P99",
+            "The two parts of a prediction's inference time: how long it waited in the "
+            "micro-batch queue, and how long its batch's predict_proba took (P99 per model "
+            "version). Bad: the wait growing while compute stays flat (more load than the "
+            "model thread serves: add workers); compute growing (a slower model version).",
+            "s",
+            promql(
+                "histogram_quantile(0.99, sum by (model_name, model_version) (rate("
+                f"{sel(prom(names.INFERENCE_QUEUE_DURATION))}[$__rate_interval])))",
+                "queue wait {{model_version}}",
+            ),
+            promql(
+                "histogram_quantile(0.99, sum by (model_name, model_version) (rate("
+                f"{sel(prom(names.MICROBATCH_DURATION), OK)}[$__rate_interval])))",
+                "batch compute {{model_version}}",
+            ),
+            w=8,
+        ),
+        panel(
+            timeseries.Panel().legend(legend("mean", "max")),
+            "Micro-batch queue depth",
+            "Predictions waiting for the model thread, per process, at each metric export. "
+            "Bad: near INFERWATCH_MICROBATCH_MAX_QUEUE (1024 by default): beyond it requests "
+            "are shed with 503 (rejected reason `overloaded`, alert InferwatchLoadShedding).",
+            "none",
+            promql(
+                f"max by (instance) ({sel(prom(names.MICROBATCH_QUEUE_DEPTH))})",
+                "{{instance}}",
+            ),
+            w=8,
         ),
     )
 
