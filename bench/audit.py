@@ -42,6 +42,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.lock import bench_lock
 from inferwatch.audit import encoding as enc
 from inferwatch.audit.privacy import PrivacyPolicy
 from inferwatch.audit.records import PredictionRecord
@@ -257,4 +258,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with bench_lock("bench.audit"):
+        main()

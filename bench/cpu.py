@@ -46,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.lock import bench_lock  # noqa: E402  (after the path fix above)
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 APPS: dict[str, dict[str, str]] = {
@@ -294,4 +296,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with bench_lock("bench.cpu"):
+        sys.exit(main())

@@ -76,6 +76,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.lock import bench_lock  # noqa: E402  (after the path fix above)
 from stack.launch import Options, Ports, Stack  # noqa: E402  (after the path fix above)
 from stack.procs import (  # noqa: E402
     PollTimeout,
@@ -1150,4 +1151,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with bench_lock("bench.overhead"):
+        sys.exit(main())
