@@ -268,13 +268,21 @@ ONLY_ON_FAILURE = re.compile(
 )
 
 
-def test_every_metric_name_in_the_rules_exists(prom: Prom, first_n: list[dict[str, Any]]) -> None:
+def test_every_metric_name_in_the_rules_exists(
+    prom: Prom, client: httpx.Client, first_n: list[dict[str, Any]]
+) -> None:
     """The contract: every name a rule uses is emitted by the service or the collector."""
-    poll(
-        lambda: any(n.startswith("otelcol_receiver_refused_") for n in prom.metric_names()),
-        60,
-        "collector self-metrics scraped",
-    )
+    # the rejected-requests counter exists once a request was rejected (the shedding alert)
+    assert client.post("/v1/predict", json={"features": {}}).status_code == 422
+    rejected = names.prometheus_name(names.REJECTED_REQUESTS)
+
+    def arrived() -> bool:
+        present = prom.metric_names()
+        return rejected in present and any(
+            n.startswith("otelcol_receiver_refused_") for n in present
+        )
+
+    poll(arrived, 60, "collector self-metrics and the rejected-requests counter in Prometheus")
     present = prom.metric_names()
     names_used: set[str] = set()
     patterns_used: set[str] = set()
