@@ -21,6 +21,20 @@ def test_latency_injection_is_refused_outside_dev_and_test() -> None:
         Settings(environment="production", inject_latency_s=0.1)
 
 
+@pytest.mark.parametrize("environment", ["staging", "production"])
+def test_no_http_instrumentation_is_a_benchmark_switch_refused_outside_dev_and_test(
+    environment: str,
+) -> None:
+    for allowed in ("development", "test"):
+        assert (
+            Settings(environment=allowed, http_instrumentation="none").http_instrumentation
+            == "none"
+        )
+    with pytest.raises(ValidationError, match="benchmark switch"):
+        Settings(environment=environment, http_instrumentation="none")
+    assert Settings(environment=environment).http_instrumentation == "inferwatch"
+
+
 def test_placeholder_secrets_are_refused_in_production() -> None:
     with pytest.raises(ValidationError, match="placeholder"):
         Settings(environment="production", analyst_api_key="changeme")
