@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"python    {info['python']}; {info['packages']}")
     print(
         f"batch     {n} spans ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}), "
-        f"median {attrs:.0f} attributes per span; {args.rounds} timed rounds, alternating"
+        f"median {attrs:.0f} attributes per span, {len(encoder.encode_request(spans)):,} bytes "
+        f"encoded; {args.rounds} timed rounds, alternating"
     )
     print()
     print(f"{'':<10} {'ours µs/span':>13} {'sdk µs/span':>12} {'sdk/ours':>9} {'saved':>7}")
