@@ -16,7 +16,7 @@ Apps (one trained model, the same 256 generated transactions in turn):
 - ``iw-no-http``: our metrics, no HTTP server span;
 - ``iw`` (as shipped): our HTTP instrumentation, spans and metrics exported over OTLP;
 - ``iw-fastapi-native``: FastAPI's built-in HTTP telemetry instead of ours;
-- ``iw-sdk-encoder``: as shipped, but spans encoded by the SDK's own OTLP encoder;
+- ``iw-sdk-encoder``: as shipped, but spans exported by the SDK's stock OTLP/HTTP exporter;
 - ``iw-inline-telemetry``: as shipped, but measurements and span ends on the request
   thread (``INFERWATCH_TELEMETRY_BATCH_MS=0``);
 - ``iw-metrics-endpoint-on``: as shipped plus the /metrics pull reader (two readers).

@@ -194,6 +194,8 @@ class SpanEncoder:
     def _attribute_fields(self, field: int, attributes: Mapping[str, Any] | None) -> bytes:
         if not attributes:
             return b""
+        # the public Mapping: ~3 µs per prediction span, the dict underneath it would be
+        # 0.4 µs but is the SDK's private member (docs/benchmarks.md)
         items = attributes.items()
         if field == 9:
             cache = self._kv
@@ -462,6 +464,8 @@ class OtlpHttpSpanExporter(SpanExporter):
         }
         if self.config.compression != "none":
             headers["content-encoding"] = self.config.compression
+        # httpx (a dependency already): a POST of a 512-span batch costs ~0.4 ms of CPU,
+        # under 1 µs per span (docs/benchmarks.md)
         self.client = httpx.Client(
             headers=headers,
             verify=self.config.ssl_context(),
