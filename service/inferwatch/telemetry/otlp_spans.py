@@ -442,7 +442,7 @@ class OtlpHttpSpanExporter(SpanExporter):
     """Spans over OTLP/HTTP (protobuf), encoded by ``SpanEncoder``.
 
     The BatchSpanProcessor calls ``export`` from its worker thread (and from a flushing
-    thread); one export runs at a time over the single keep-alive connection.
+    thread); one export runs at a time, over one keep-alive connection.
     """
 
     def __init__(
@@ -471,7 +471,7 @@ class OtlpHttpSpanExporter(SpanExporter):
             verify=self.config.ssl_context(),
             timeout=self.config.timeout_s,
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            trust_env=False,  # HTTP(S)_PROXY: the SDK's requests session would use them
+            trust_env=True,  # HTTP(S)_PROXY, NO_PROXY, SSL_CERT_FILE: as the SDK's session
         )
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -482,9 +482,8 @@ class OtlpHttpSpanExporter(SpanExporter):
             log.warning("span exporter already shut down; dropping %d spans", len(spans))
             return SpanExportResult.FAILURE
         try:
-            body = self.compress(self.encode(spans))
-            with self.lock:
-                return self.send(body, len(spans))
+            with self.lock:  # the encoder's caches and the connection: one export at a time
+                return self.send(self.compress(self.encode(spans)), len(spans))
         except Exception:  # never into the BatchSpanProcessor: the batch is lost, logged
             log.exception("span export failed; dropping %d spans", len(spans))
             return SpanExportResult.FAILURE
@@ -536,7 +535,8 @@ class OtlpHttpSpanExporter(SpanExporter):
                 status = response.status_code
                 if 200 <= status < 300:
                     return SpanExportResult.SUCCESS
-                reason = f"HTTP {status}: {response.text[:200]!r}"
+                # (an error body is a binary google.rpc.Status: not logged)
+                reason = f"HTTP {status} {response.reason_phrase}"
                 if status not in RETRYABLE_STATUS:
                     log.error("collector refused %d spans (%s); not retried", n_spans, reason)
                     return SpanExportResult.FAILURE
