@@ -15,7 +15,7 @@ Apps (one trained model, the same 256 generated transactions in turn):
 - ``iw-telemetry-off``: inferwatch with telemetry off (validation, ids, audit spool);
 - ``iw-no-http``: our metrics, no HTTP server span;
 - ``iw`` (as shipped): our HTTP instrumentation, spans and metrics exported over OTLP;
-- ``iw-sdk-encoder``: as shipped, but spans encoded by the SDK's own OTLP encoder;
+- ``iw-sdk-encoder``: as shipped, but spans exported by the SDK's stock OTLP/HTTP exporter;
 - ``iw-metrics-endpoint-on``: as shipped plus the /metrics pull reader (two readers).
 
 Every OTLP export goes over HTTP to a local sink that answers 200 (a thread of its own

@@ -7,6 +7,7 @@ from a test module or a conftest (tests/unit/test_test_hygiene.py checks).
 pytest_plugins = [
     "tests.fixtures.api",
     "tests.fixtures.audit",
+    "tests.fixtures.otlp",
     "tests.fixtures.pg",
     "tests.fixtures.serve",
     "tests.fixtures.stack",

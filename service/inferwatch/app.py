@@ -79,6 +79,7 @@ def _wire_http_instrumentation(
         http.duration = telemetry.meter.create_histogram(
             names.HTTP_SERVER_DURATION,
             unit=names.METRICS[names.HTTP_SERVER_DURATION].unit,
+            explicit_bucket_boundaries_advisory=names.DURATION_BUCKETS_S,
             description="Duration of HTTP server requests.",
         )
     elif mode == HttpInstrumentation.OTEL_CONTRIB:

@@ -1,17 +1,23 @@
-"""service/inferwatch/telemetry/otlp_spans.py: the direct encoder says exactly what the SDK's says.
+"""service/inferwatch/telemetry/otlp_spans.py: the encoder says exactly what the SDK's says,
+and the exporter delivers it the way an OTLP/HTTP exporter must.
 
-Equality is checked on parsed messages (``ExportTraceServiceRequest.FromString(ours)
+Encoder: equality is checked on parsed messages (``ExportTraceServiceRequest.FromString(ours)
 == encode_spans(spans)``) and on deterministic re-serialisations, over real SDK spans:
 hand-picked shapes (events, links, remote parents, trace state, error status, several
 resources and scopes, values the SDK skips) and hypothesis-generated attribute sets.
+
+Transport: against a local HTTP server in a thread that answers from a script: the
+``OTEL_*`` configuration, headers, gzip, one keep-alive connection, retries on 503/429
+and connection errors within the timeout, no retry on 400, shutdown.
 """
 
 from __future__ import annotations
 
-import http.server
 import math
+import os
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -35,7 +41,9 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
-from inferwatch.telemetry.otlp_spans import FastOTLPSpanExporter, SpanEncoder
+from inferwatch.telemetry.otlp_spans import OtlpHttpConfig, OtlpHttpSpanExporter, SpanEncoder
+from stack.procs import free_ports, poll
+from tests.fixtures.otlp import OtlpSink
 
 
 def assert_same(spans: Sequence[ReadableSpan], encoder: SpanEncoder | None = None) -> bytes:
@@ -174,41 +182,170 @@ def test_generated_attribute_sets(attribute_sets: list[dict[str, Any]], name: st
     assert_same(spans, encoder)  # second time from the caches
 
 
-class _Collector(http.server.BaseHTTPRequestHandler):
-    bodies: list[bytes] = []
+def some_spans(n: int = 20) -> tuple[ReadableSpan, ...]:
+    tracer, exporter = record()
+    for i in range(n):
+        with tracer.start_as_current_span(f"s{i}", attributes={"i": i, "route": "/v1/predict"}):
+            pass
+    return exporter.get_finished_spans()
 
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        type(self).bodies.append(self.rfile.read(length))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
 
-    def log_message(self, *args: Any) -> None:
-        pass
+ExporterFactory = Callable[..., OtlpHttpSpanExporter]
 
 
 @pytest.fixture
-def collector() -> Iterator[tuple[str, list[bytes]]]:
-    _Collector.bodies = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces", _Collector.bodies
-    server.shutdown()
-    server.server_close()
+def make_exporter(otlp_sink: OtlpSink) -> Iterator[ExporterFactory]:
+    """Exporters to the local collector (or ``endpoint=``), quick to back off, shut down
+    after the test."""
+    made: list[OtlpHttpSpanExporter] = []
+
+    def make(backoff_s: float = 0.05, **config: Any) -> OtlpHttpSpanExporter:
+        config.setdefault("endpoint", f"{otlp_sink.base}/v1/traces")
+        exporter = OtlpHttpSpanExporter(OtlpHttpConfig(**config), backoff_s=backoff_s)
+        made.append(exporter)
+        return exporter
+
+    yield make
+    for exporter in made:
+        exporter.shutdown()
 
 
-def test_the_exporter_posts_what_the_sdk_would(collector: tuple[str, list[bytes]]) -> None:
-    url, bodies = collector
-    tracer, exporter = record()
-    for i in range(20):
-        with tracer.start_as_current_span(f"s{i}", attributes={"i": i}):
-            pass
-    spans = exporter.get_finished_spans()
-    fast = FastOTLPSpanExporter(endpoint=url)
-    assert fast.export(spans) == SpanExportResult.SUCCESS
-    (body,) = bodies
-    assert ExportTraceServiceRequest.FromString(body) == encode_spans(spans)
-    fast.shutdown()  # type: ignore[no-untyped-call]  # the OTLP exporter is not annotated
-    assert fast.export(spans) == SpanExportResult.FAILURE  # after shutdown, like the SDK's
+def test_config_from_env_reads_what_the_sdk_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in list(os.environ):
+        if var.startswith("OTEL_EXPORTER_OTLP"):
+            monkeypatch.delenv(var)
+    default = OtlpHttpConfig.from_env()
+    assert default.endpoint == "http://localhost:4318/v1/traces"
+    assert (default.timeout_s, default.compression, dict(default.headers)) == (10.0, "none", {})
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "Api-Key=general,x-tenant=a%20b")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "3")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    general = OtlpHttpConfig.from_env()
+    assert general.endpoint == "http://collector:4318/v1/traces"  # the signal path appended
+    assert dict(general.headers) == {"api-key": "general", "x-tenant": "a b"}
+    assert (general.timeout_s, general.compression) == (3.0, "gzip")
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://traces.example/custom")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "api-key=traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0.5")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none")
+    traces = OtlpHttpConfig.from_env()
+    assert traces.endpoint == "https://traces.example/custom"  # used as is
+    assert dict(traces.headers) == {"api-key": "traces"}  # the signal's own variable wins
+    assert (traces.timeout_s, traces.compression) == (0.5, "none")
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd")
+    bad = OtlpHttpConfig.from_env()
+    assert (bad.timeout_s, bad.compression) == (10.0, "none")
+
+
+def test_exports_the_sdk_message_with_headers_over_one_connection(
+    otlp_sink: OtlpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{otlp_sink.base}/v1/traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "Authorization=Bearer%20t0ken")
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_COMPRESSION", raising=False)
+    spans = some_spans()
+    exporter = OtlpHttpSpanExporter()
+    for _ in range(3):
+        assert exporter.export(spans) == SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert len(otlp_sink.received) == 3
+    first = otlp_sink.received[0]
+    assert first.path == "/v1/traces"
+    assert first.headers["content-type"] == "application/x-protobuf"
+    assert first.headers["authorization"] == "Bearer t0ken"
+    assert first.headers["user-agent"].startswith("inferwatch/")
+    assert "content-encoding" not in first.headers
+    assert ExportTraceServiceRequest.FromString(first.body) == encode_spans(spans)
+    assert len({r.client_port for r in otlp_sink.received}) == 1  # keep-alive
+
+
+def test_gzip(otlp_sink: OtlpSink, make_exporter: ExporterFactory) -> None:
+    spans = some_spans()
+    exporter = make_exporter(compression="gzip")
+    assert exporter.export(spans) == SpanExportResult.SUCCESS
+    (got,) = otlp_sink.received
+    assert got.headers["content-encoding"] == "gzip"
+    assert ExportTraceServiceRequest.FromString(got.payload()) == encode_spans(spans)
+
+
+def test_retries_503_and_429_then_succeeds(
+    otlp_sink: OtlpSink, make_exporter: ExporterFactory
+) -> None:
+    otlp_sink.answer(503, (429, {"Retry-After": "0"}), 200)
+    exporter = make_exporter(timeout_s=5.0)
+    assert exporter.export(some_spans()) == SpanExportResult.SUCCESS
+    assert len(otlp_sink.received) == 3
+    assert len({r.body for r in otlp_sink.received}) == 1  # the same request each time
+
+
+@pytest.mark.slow  # reads the clock: a deadline is the behaviour
+def test_gives_up_within_the_timeout(otlp_sink: OtlpSink, make_exporter: ExporterFactory) -> None:
+    otlp_sink.answer(*([503] * 100))
+    exporter = make_exporter(timeout_s=0.6)
+    started = time.monotonic()
+    assert exporter.export(some_spans()) == SpanExportResult.FAILURE
+    assert time.monotonic() - started < 0.6 + 0.3
+    assert 2 <= len(otlp_sink.received) < 100  # retried, with backoff, then gave up
+
+
+@pytest.mark.slow  # reads the clock: a deadline is the behaviour
+def test_connection_errors_are_retried_within_the_timeout(make_exporter: ExporterFactory) -> None:
+    exporter = make_exporter(
+        endpoint=f"http://127.0.0.1:{free_ports(1)[0]}/v1/traces", timeout_s=0.6
+    )
+    started = time.monotonic()
+    assert exporter.export(some_spans()) == SpanExportResult.FAILURE
+    assert time.monotonic() - started < 0.6 + 0.3
+
+
+def test_a_refusal_is_not_retried(
+    otlp_sink: OtlpSink, make_exporter: ExporterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    otlp_sink.answer(400, 200)
+    exporter = make_exporter(timeout_s=5.0)
+    assert exporter.export(some_spans()) == SpanExportResult.FAILURE
+    assert len(otlp_sink.received) == 1
+    assert "HTTP 400" in caplog.text
+
+
+@pytest.mark.slow  # reads the clock: a deadline is the behaviour
+def test_shutdown_fails_exports_fast_and_interrupts_a_retry_wait(
+    otlp_sink: OtlpSink, make_exporter: ExporterFactory
+) -> None:
+    otlp_sink.answer(503)
+    exporter = make_exporter(timeout_s=30.0, backoff_s=10.0)
+    results: list[SpanExportResult] = []
+    worker = threading.Thread(target=lambda: results.append(exporter.export(some_spans())))
+    worker.start()
+    poll(lambda: otlp_sink.received or None, 5.0, "the first export attempt")
+    started = time.monotonic()
+    exporter.shutdown()  # while the export waits ~10 s to retry
+    worker.join(5.0)
+    assert results == [SpanExportResult.FAILURE]
+    assert time.monotonic() - started < 2.0
+    assert exporter.export(some_spans()) == SpanExportResult.FAILURE  # no request made
+    assert len(otlp_sink.received) == 1
+    exporter.shutdown()  # twice is harmless
+
+
+def test_never_raises_into_the_span_processor(
+    otlp_sink: OtlpSink,
+    make_exporter: ExporterFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exporter = make_exporter()
+
+    def broken(spans: Sequence[ReadableSpan]) -> bytes:
+        raise RuntimeError("encoder bug")
+
+    monkeypatch.setattr(exporter.encoder, "encode_request", broken)
+    assert exporter.export(some_spans()) == SpanExportResult.FAILURE
+    assert "encoder bug" in caplog.text
+    assert otlp_sink.received == []

@@ -133,6 +133,37 @@ METRICS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
     }
 )
 
+# Explicit buckets of every duration histogram (unit "s"), given to the SDK as the
+# instrument's advisory boundaries: the /metrics pull reader aggregates with them (it
+# cannot render exponential histograms; service/inferwatch/telemetry/setup.py), and so
+# does OTLP when INFERWATCH_HISTOGRAM_AGGREGATION=explicit. 50 µs .. 10 s, dense below
+# a millisecond.
+DURATION_BUCKETS_S: Final[tuple[float, ...]] = (
+    0.00005,
+    0.0001,
+    0.0002,
+    0.0003,
+    0.0004,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
 # UCUM units as Prometheus spells them in a name (the OTLP translator's table, the part
 # we may use); "1" adds no unit word. A unit outside it is refused, not guessed.
 _PROMETHEUS_UNITS: Final = MappingProxyType(
@@ -196,12 +227,14 @@ class ServiceInstruments:
             inference_duration=meter.create_histogram(
                 INFERENCE_DURATION,
                 unit=METRICS[INFERENCE_DURATION].unit,
+                explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
                 description="Inference time one prediction experienced: waiting for its "
                 "micro-batch plus that batch's predict_proba.",
             ),
             queue_duration=meter.create_histogram(
                 INFERENCE_QUEUE_DURATION,
                 unit=METRICS[INFERENCE_QUEUE_DURATION].unit,
+                explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
                 description="Time one prediction waited in the micro-batch queue.",
             ),
             microbatch_size=meter.create_histogram(
@@ -212,11 +245,13 @@ class ServiceInstruments:
             microbatch_duration=meter.create_histogram(
                 MICROBATCH_DURATION,
                 unit=METRICS[MICROBATCH_DURATION].unit,
+                explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
                 description="Duration of one micro-batch's predict_proba call.",
             ),
             batch_inference_duration=meter.create_histogram(
                 BATCH_INFERENCE_DURATION,
                 unit=METRICS[BATCH_INFERENCE_DURATION].unit,
+                explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
                 description="Duration of model inference for one batch request.",
             ),
             predictions=meter.create_counter(
@@ -267,6 +302,7 @@ class AuditInstruments:
             batch_duration=meter.create_histogram(
                 AUDIT_BATCH_DURATION,
                 unit=METRICS[AUDIT_BATCH_DURATION].unit,
+                explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
                 description="Duration of one audit batch write.",
             ),
         )

@@ -1,14 +1,17 @@
-"""OTLP/HTTP span export with a direct protobuf encoder: the SDK's wire bytes, cheaper.
+"""OTLP/HTTP span export of our own: a direct protobuf encoder and a small HTTP client.
 
 Why this exists: the span export thread shares the GIL (and, in the benchmark, the
 core) with the request thread. The SDK's encoder (``encode_spans``) builds one Python
 protobuf object per span, attribute and value, so encoding a prediction span costs
-more CPU than the rest of its export, and encoding a whole batch holds the GIL long
-enough to show in the single-request latency tail. ``encode_request`` writes the same
+several times the rest of its export, and encoding a whole batch holds the GIL long
+enough to show in the single-request latency tail. ``SpanEncoder`` writes the same
 ``ExportTraceServiceRequest`` straight to protobuf wire format: fixed prefixes per
 attribute key, cached whole key/value fields for repeated values (method, route,
-model version, ...), resource and scope encoded once. Measurements:
-docs/benchmarks.md.
+model version, ...), resource and scope encoded once. Measured against the SDK's
+stock exporter by ``bench/spans.py``; figures in docs/benchmarks.md.
+
+Public APIs only: spans are read through ``ReadableSpan``'s properties, the exporter
+is a plain ``SpanExporter`` with its own ``httpx`` client and its own shutdown state.
 
 Contract (tests/unit/test_otlp_spans.py): for any batch the SDK can encode,
 ``ExportTraceServiceRequest.FromString(encode_request(spans))`` equals
@@ -17,30 +20,59 @@ attribute whose value cannot be encoded is skipped and logged; ``None`` is an em
 AnyValue). Anything this module does not know falls back to the SDK's encoder for
 the whole batch, so a rare shape costs speed, never data.
 
-Only the transport is reused from the SDK's OTLP/HTTP exporter (endpoint, headers,
-compression, timeouts and retries all come from the same ``OTEL_*`` variables).
+Transport (``OtlpHttpSpanExporter``): the same ``OTEL_EXPORTER_OTLP_[TRACES_]*``
+variables as the SDK's OTLP/HTTP exporter, read the way it reads them (endpoint,
+headers, timeout in seconds, gzip/deflate compression, CA and client certificates);
+one keep-alive connection; retries with exponential backoff and jitter on 429, 502,
+503, 504 and connection errors, honouring ``Retry-After``, all within the timeout.
+
+Must never: raise into the BatchSpanProcessor, retry past the timeout or past
+shutdown, or retry a request the collector refused (other 4xx/5xx).
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
+import os
+import random
+import ssl
 import struct
+import threading
+import time
+import zlib
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Final, Literal
 
+import httpx
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.exporter.otlp.proto.http._common import (
-    RequestPayloadTooLargeError,
-    _is_request_too_large,
+from opentelemetry.sdk.environment_variables import (
+    OTEL_EXPORTER_OTLP_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_CLIENT_KEY,
+    OTEL_EXPORTER_OTLP_COMPRESSION,
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_HEADERS,
+    OTEL_EXPORTER_OTLP_TIMEOUT,
+    OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE,
+    OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY,
+    OTEL_EXPORTER_OTLP_TRACES_COMPRESSION,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    OTEL_EXPORTER_OTLP_TRACES_HEADERS,
+    OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
 )
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.span import SpanContext
+from opentelemetry.util.re import parse_env_headers
+
+from inferwatch import __version__
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +191,12 @@ class SpanEncoder:
             self._kv[(key, type(value), value)] = framed
         return framed
 
-    def _attributes(self, field: int, attributes: Mapping[str, Any] | None) -> bytes:
+    def _attribute_fields(self, field: int, attributes: Mapping[str, Any] | None) -> bytes:
         if not attributes:
             return b""
-        # BoundedAttributes is a Mapping whose ABC iteration is slow per item; its
-        # plain dict (same items, same order) is read directly when there is one.
-        items = getattr(attributes, "_dict", attributes).items()
+        # the public Mapping: ~3 µs per prediction span, the dict underneath it would be
+        # 0.4 µs but is the SDK's private member (docs/benchmarks.md)
+        items = attributes.items()
         if field == 9:
             cache = self._kv
             parts = []
@@ -203,27 +235,26 @@ class SpanEncoder:
             parts += [_T_START, _pack_fixed64(span.start_time)]
         if span.end_time:
             parts += [_T_END, _pack_fixed64(span.end_time)]
-        # the span's own BoundedAttributes, not the MappingProxy `attributes` wraps it in
-        parts.append(self._attributes(9, getattr(span, "_attributes", None) or span.attributes))
+        parts.append(self._attribute_fields(9, span.attributes))
         if span.dropped_attributes:
             parts += [_tag(10, 0), _varint(span.dropped_attributes)]
-        for event in span.events if getattr(span, "_events", True) else ():
+        for event in span.events:
             ev = []
             if event.timestamp:
                 ev.append(_tag(1, 1) + _pack_fixed64(event.timestamp))
             if event.name:
                 ev.append(_ld(2, event.name.encode("utf-8")))
-            ev.append(self._attributes(3, event.attributes))
+            ev.append(self._attribute_fields(3, event.attributes))
             if event.dropped_attributes:
                 ev.append(_tag(4, 0) + _varint(event.dropped_attributes))
             parts.append(_ld(11, b"".join(ev)))
         if span.dropped_events:
             parts += [_tag(12, 0), _varint(span.dropped_events)]
-        for link in span.links if getattr(span, "_links", True) else ():
+        for link in span.links:
             lk = [
                 _ld(1, link.context.trace_id.to_bytes(16, "big")),
                 _ld(2, link.context.span_id.to_bytes(8, "big")),
-                self._attributes(4, link.attributes),
+                self._attribute_fields(4, link.attributes),
             ]
             if link.dropped_attributes:
                 lk.append(_tag(5, 0) + _varint(link.dropped_attributes))
@@ -252,7 +283,7 @@ class SpanEncoder:
         cached = self._prefix.get(key)
         if cached is not None and cached[0] is resource:  # the same object, not a reused id
             return cached[1]
-        res = _ld(1, self._attributes(1, resource.attributes))
+        res = _ld(1, self._attribute_fields(1, resource.attributes))
         res_tail = _ld(3, resource.schema_url.encode()) if resource.schema_url else b""
         scope_msg = b""
         scope_tail = b""
@@ -260,7 +291,7 @@ class SpanEncoder:
             scope_msg = (
                 (_ld(1, scope.name.encode("utf-8")) if scope.name else b"")
                 + (_ld(2, scope.version.encode("utf-8")) if scope.version else b"")
-                + self._attributes(3, scope.attributes)
+                + self._attribute_fields(3, scope.attributes)
             )
             scope_tail = _ld(3, scope.schema_url.encode()) if scope.schema_url else b""
         hit = (res, res_tail, _ld(1, scope_msg), scope_tail)
@@ -311,49 +342,218 @@ def _flags(parent: SpanContext | None) -> int:
     return flags
 
 
-class FastOTLPSpanExporter(OTLPSpanExporter):
-    """The SDK's OTLP/HTTP span exporter with ``SpanEncoder`` as its serializer.
+# --- transport ---------------------------------------------------------------------
 
-    Everything but the encoding is the SDK's: transport, retries, headers, compression,
-    timeouts, its self-metrics, and its request-size limit.
+# The SDK's defaults (opentelemetry-exporter-otlp-proto-http).
+DEFAULT_ENDPOINT: Final = "http://localhost:4318"
+TRACES_PATH: Final = "v1/traces"
+DEFAULT_TIMEOUT_S: Final = 10.0
+RETRYABLE_STATUS: Final = frozenset({429, 502, 503, 504})
+Compression = Literal["none", "gzip", "deflate"]
+
+
+def _env(signal_var: str, general_var: str) -> str | None:
+    """The signal's own variable wins over the general one; empty means unset."""
+    return os.environ.get(signal_var) or os.environ.get(general_var) or None
+
+
+@dataclass(frozen=True)
+class OtlpHttpConfig:
+    """Where and how to send spans; ``from_env`` reads what the SDK's exporter reads."""
+
+    endpoint: str = f"{DEFAULT_ENDPOINT}/{TRACES_PATH}"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    compression: Compression = "none"
+    certificate_file: str | None = None
+    client_certificate_file: str | None = None
+    client_key_file: str | None = None
+
+    @classmethod
+    def from_env(cls) -> OtlpHttpConfig:
+        # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is the full URL; the general one is a base
+        # to which the signal path is appended (the OTLP exporter specification)
+        endpoint = os.environ.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) or (
+            (os.environ.get(OTEL_EXPORTER_OTLP_ENDPOINT) or DEFAULT_ENDPOINT).removesuffix("/")
+            + "/"
+            + TRACES_PATH
+        )
+        raw_headers = _env(OTEL_EXPORTER_OTLP_TRACES_HEADERS, OTEL_EXPORTER_OTLP_HEADERS) or ""
+        headers = {k.lower(): v for k, v in parse_env_headers(raw_headers, liberal=True).items()}
+        # seconds, as the Python SDK reads it (the specification says milliseconds)
+        raw_timeout = _env(OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, OTEL_EXPORTER_OTLP_TIMEOUT)
+        timeout_s = DEFAULT_TIMEOUT_S
+        if raw_timeout is not None:
+            try:
+                timeout_s = float(raw_timeout)
+            except ValueError:
+                log.warning("invalid OTLP timeout %r; using %ss", raw_timeout, DEFAULT_TIMEOUT_S)
+        raw = (
+            (_env(OTEL_EXPORTER_OTLP_TRACES_COMPRESSION, OTEL_EXPORTER_OTLP_COMPRESSION) or "none")
+            .strip()
+            .lower()
+        )
+        compression: Compression = "none"
+        if raw in ("gzip", "deflate"):
+            compression = "gzip" if raw == "gzip" else "deflate"
+        elif raw != "none":
+            log.warning("unsupported OTLP compression %r; sending uncompressed", raw)
+        return cls(
+            endpoint=endpoint,
+            headers=headers,
+            timeout_s=timeout_s,
+            compression=compression,
+            certificate_file=_env(
+                OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE, OTEL_EXPORTER_OTLP_CERTIFICATE
+            ),
+            client_certificate_file=_env(
+                OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE, OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE
+            ),
+            client_key_file=_env(
+                OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY, OTEL_EXPORTER_OTLP_CLIENT_KEY
+            ),
+        )
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """What httpx verifies an https endpoint with (the system CAs unless a file is set)."""
+        if not (self.certificate_file or self.client_certificate_file):
+            return True
+        context = ssl.create_default_context(cafile=self.certificate_file)
+        if self.client_certificate_file:
+            context.load_cert_chain(self.client_certificate_file, self.client_key_file)
+        return context
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """``Retry-After``: delay-seconds or an HTTP-date (RFC 9110)."""
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None
+
+
+class OtlpHttpSpanExporter(SpanExporter):
+    """Spans over OTLP/HTTP (protobuf), encoded by ``SpanEncoder``.
+
+    The BatchSpanProcessor calls ``export`` from its worker thread (and from a flushing
+    thread); one export runs at a time, over one keep-alive connection.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._encoder = SpanEncoder()
+    def __init__(
+        self,
+        config: OtlpHttpConfig | None = None,
+        *,
+        backoff_s: float = 1.0,
+        jitter: float = 0.2,
+    ) -> None:
+        self.config = config or OtlpHttpConfig.from_env()
+        # the SDK's schedule: 1 s, 2 s, 4 s, ... each +-20%, while the timeout allows
+        self.backoff_s = backoff_s
+        self.jitter = jitter
+        self.encoder = SpanEncoder()
+        headers = {
+            "content-type": "application/x-protobuf",
+            "user-agent": f"inferwatch/{__version__} (OTLP/HTTP span exporter)",
+            **self.config.headers,
+        }
+        if self.config.compression != "none":
+            headers["content-encoding"] = self.config.compression
+        # httpx (a dependency already): a POST of a 512-span batch costs ~0.4 ms of CPU,
+        # under 1 µs per span (docs/benchmarks.md)
+        self.client = httpx.Client(
+            headers=headers,
+            verify=self.config.ssl_context(),
+            timeout=self.config.timeout_s,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            trust_env=True,  # HTTP(S)_PROXY, NO_PROXY, SSL_CERT_FILE: as the SDK's session
+        )
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
 
+    # -- SpanExporter ----------------------------------------------------------------------
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._shutdown:
-            log.warning("Exporter already shutdown, ignoring batch")
+        if self.stopping.is_set():
+            log.warning("span exporter already shut down; dropping %d spans", len(spans))
             return SpanExportResult.FAILURE
-        with self._metrics.export_operation(len(spans)) as result:
+        try:
+            with self.lock:  # the encoder's caches and the connection: one export at a time
+                return self.send(self.compress(self.encode(spans)), len(spans))
+        except Exception:  # never into the BatchSpanProcessor: the batch is lost, logged
+            log.exception("span export failed; dropping %d spans", len(spans))
+            return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        if self.stopping.is_set():
+            return
+        self.stopping.set()  # an export waiting to retry gives up now
+        with self.lock:  # an export in flight ends within its timeout
+            self.client.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True  # nothing is buffered here
+
+    # -- steps -----------------------------------------------------------------------------
+    def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
+        try:
+            return self.encoder.encode_request(spans)
+        except Unsupported:
+            data: bytes = encode_spans(spans).SerializePartialToString()
+            return data
+
+    def compress(self, data: bytes) -> bytes:
+        if self.config.compression == "gzip":
+            return gzip.compress(data, compresslevel=6, mtime=0)
+        if self.config.compression == "deflate":
+            return zlib.compress(data)
+        return data
+
+    def send(self, body: bytes, n_spans: int) -> SpanExportResult:
+        """POST with retries until success, a refusal, the deadline or shutdown."""
+        deadline = time.monotonic() + self.config.timeout_s
+        waits = 0  # backoff waits so far
+        reconnected = False
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.stopping.is_set():
+                break
+            retry_after: float | None = None
             try:
-                try:
-                    data = self._encoder.encode_request(spans)
-                except Unsupported:
-                    data = encode_spans(spans).SerializePartialToString()
-            except Exception as error:  # the SDK's rule: a batch that cannot encode fails
-                log.error("Failed to encode span batch: %s", error)
-                result.error = error
-                return SpanExportResult.FAILURE
-            if _is_request_too_large(data, self._max_request_size):
-                log.warning(
-                    "Dropping span batch: serialized size %d bytes exceeds max_request_size %d",
-                    len(data),
-                    self._max_request_size,
+                response = self.client.post(self.config.endpoint, content=body, timeout=remaining)
+            except httpx.TransportError as exc:  # connect, read, write, protocol, timeout
+                reason = f"{type(exc).__name__}: {exc}"
+                if not reconnected and not isinstance(exc, httpx.TimeoutException):
+                    # a keep-alive connection the collector closed: retry once at once
+                    reconnected = True
+                    continue
+            else:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return SpanExportResult.SUCCESS
+                # (an error body is a binary google.rpc.Status: not logged)
+                reason = f"HTTP {status} {response.reason_phrase}"
+                if status not in RETRYABLE_STATUS:
+                    log.error("collector refused %d spans (%s); not retried", n_spans, reason)
+                    return SpanExportResult.FAILURE
+                retry_after = _retry_after_s(response.headers.get("retry-after"))
+            delay = retry_after
+            if delay is None:
+                delay = self.backoff_s * 2**waits * random.uniform(1 - self.jitter, 1 + self.jitter)
+            if delay >= deadline - time.monotonic():
+                log.error(
+                    "span export gave up within its timeout (%s); dropping %d spans",
+                    reason,
+                    n_spans,
                 )
-                result.error = RequestPayloadTooLargeError(
-                    f"Serialized span request size {len(data)} bytes exceeds "
-                    f"max_request_size {self._max_request_size} bytes."
-                )
                 return SpanExportResult.FAILURE
-            sent = self._client.export(data)
-            if not sent.success:
-                result.error = sent.error
-                result.error_attrs = (
-                    {HTTP_RESPONSE_STATUS_CODE: sent.status_code}
-                    if sent.status_code is not None
-                    else None
-                )
-                return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS
+            log.warning("span export failed (%s); retrying in %.2fs", reason, delay)
+            if self.stopping.wait(delay):
+                break
+            waits += 1
+        log.error("span export stopped (timeout or shutdown); dropping %d spans", n_spans)
+        return SpanExportResult.FAILURE

@@ -49,37 +49,9 @@ from prometheus_client import CollectorRegistry
 
 from inferwatch import __version__
 from inferwatch.settings import Settings
-from inferwatch.telemetry.instruments import SCOPE_NAME
+from inferwatch.telemetry.instruments import DURATION_BUCKETS_S, SCOPE_NAME
 
 log = logging.getLogger(__name__)
-
-# Explicit buckets for the Prometheus pull path (/metrics), which cannot carry
-# exponential histograms: 50 µs .. 10 s, dense below a millisecond.
-PULL_BUCKETS_S: tuple[float, ...] = (
-    0.00005,
-    0.0001,
-    0.0002,
-    0.0003,
-    0.0004,
-    0.0005,
-    0.00075,
-    0.001,
-    0.0015,
-    0.002,
-    0.003,
-    0.005,
-    0.0075,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
 
 
 def histogram_aggregation(settings: Settings) -> Aggregation:
@@ -87,7 +59,7 @@ def histogram_aggregation(settings: Settings) -> Aggregation:
         return ExponentialBucketHistogramAggregation(
             max_size=settings.exponential_max_size, max_scale=settings.exponential_max_scale
         )
-    return ExplicitBucketHistogramAggregation(boundaries=PULL_BUCKETS_S)
+    return ExplicitBucketHistogramAggregation(boundaries=DURATION_BUCKETS_S)
 
 
 def build_resource(settings: Settings, instance_id: str | None = None) -> Resource:
@@ -117,9 +89,9 @@ def otlp_span_exporter() -> SpanExporter:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         return OTLPSpanExporter()
-    from inferwatch.telemetry.otlp_spans import FastOTLPSpanExporter
+    from inferwatch.telemetry.otlp_spans import OtlpHttpSpanExporter
 
-    return FastOTLPSpanExporter()
+    return OtlpHttpSpanExporter()
 
 
 def otlp_metric_exporter(settings: Settings) -> MetricExporter:
@@ -141,15 +113,18 @@ def otlp_metric_exporter(settings: Settings) -> MetricExporter:
 
 
 def prometheus_reader(registry: CollectorRegistry) -> MetricReader:
-    """A pull reader for /metrics, with explicit sub-millisecond buckets."""
+    """A pull reader for /metrics.
+
+    PrometheusMetricReader takes no preferred aggregation and renders only explicit-bucket
+    histograms (it drops an exponential one with a warning), so it keeps the SDK's default
+    aggregation, which uses each histogram's advisory boundaries: our duration histograms
+    carry ``DURATION_BUCKETS_S`` (service/inferwatch/telemetry/instruments.py). A
+    provider-wide View would make the OTLP reader's histograms explicit too when both
+    run, and the Prometheus rules need OTLP's native (exponential) ones.
+    """
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
-    reader = PrometheusMetricReader(registry=registry, disable_target_info=False)
-    # PrometheusMetricReader takes no preferred_aggregation argument and cannot
-    # render exponential histograms; give it explicit buckets for histograms.
-    explicit: Aggregation = ExplicitBucketHistogramAggregation(boundaries=PULL_BUCKETS_S)
-    reader._instrument_class_aggregation[HistogramInstrument] = explicit  # type: ignore[assignment]
-    return reader
+    return PrometheusMetricReader(registry=registry, disable_target_info=False)
 
 
 def pull_endpoint_enabled(settings: Settings) -> bool:
