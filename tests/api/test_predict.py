@@ -310,3 +310,24 @@ def test_a_failing_model_call_is_a_500_recorded_with_outcome_error(
     assert points(data, names.PREDICTIONS) == []
     assert points(data, names.REJECTED_REQUESTS) == []  # a server fault, not a rejection
     assert audit.records == []
+
+
+def test_exemplars_only_on_the_inference_histogram(
+    harness: Harness, valid_features: dict[str, Any]
+) -> None:
+    """The heatmap's exemplars link to traces; no other series samples them (each costs
+    request-path CPU and no panel shows them)."""
+    resp = harness.client.post("/v1/predict", json={"features": valid_features})
+    assert resp.status_code == 200
+    data = harness.metrics.get_metrics_data()
+    (inference,) = points(data, names.INFERENCE_DURATION)
+    assert [format(e.trace_id, "032x") for e in inference.exemplars] == [resp.json()["trace_id"]]
+    for name in (
+        names.HTTP_SERVER_DURATION,
+        names.INFERENCE_QUEUE_DURATION,
+        names.MICROBATCH_SIZE,
+        names.MICROBATCH_DURATION,
+        names.PREDICTIONS,
+    ):
+        (point,) = points(data, name)
+        assert point.exemplars == [], name

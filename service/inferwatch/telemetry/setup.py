@@ -23,12 +23,13 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from opentelemetry.context import Context
 from opentelemetry.metrics import Meter
+from opentelemetry.sdk.metrics import Exemplar, ExemplarReservoir, MeterProvider
 from opentelemetry.sdk.metrics import Histogram as HistogramInstrument
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     MetricExporter,
@@ -39,17 +40,24 @@ from opentelemetry.sdk.metrics.view import (
     Aggregation,
     ExplicitBucketHistogramAggregation,
     ExponentialBucketHistogramAggregation,
+    View,
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import NoOpTracerProvider, Tracer
 from opentelemetry.trace import TracerProvider as ApiTracerProvider
+from opentelemetry.util.types import Attributes
 from prometheus_client import CollectorRegistry
 
 from inferwatch import __version__
 from inferwatch.settings import Settings
-from inferwatch.telemetry.instruments import DURATION_BUCKETS_S, SCOPE_NAME
+from inferwatch.telemetry.instruments import (
+    DURATION_BUCKETS_S,
+    INFERENCE_DURATION,
+    METRICS,
+    SCOPE_NAME,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +135,33 @@ def prometheus_reader(registry: CollectorRegistry) -> MetricReader:
     return PrometheusMetricReader(registry=registry, disable_target_info=False)
 
 
+class NoExemplars(ExemplarReservoir):
+    """A reservoir that keeps nothing: the measurement is aggregated, no exemplar sampled."""
+
+    def offer(
+        self, value: float | int, time_unix_nano: int, attributes: Attributes, context: Context
+    ) -> None:
+        return None
+
+    def collect(self, point_attributes: Attributes) -> list[Exemplar]:
+        return []
+
+
+def _no_exemplars(aggregation: type) -> Callable[..., ExemplarReservoir]:
+    return lambda **_: NoExemplars()
+
+
+def exemplar_views() -> list[View]:
+    """Exemplars on the inference histogram only: the one series whose exemplars a panel
+    shows (the latency heatmap links them to traces). Sampling one costs ~1.5 µs per
+    measurement on the request path (docs/benchmarks.md), three times per prediction."""
+    return [
+        View(instrument_name=name, exemplar_reservoir_factory=_no_exemplars)
+        for name, spec in METRICS.items()
+        if name != INFERENCE_DURATION and spec.kind in ("histogram", "counter")
+    ]
+
+
 def pull_endpoint_enabled(settings: Settings) -> bool:
     """Whether GET /metrics is served (``INFERWATCH_METRICS_ENDPOINT``)."""
     if settings.metrics_endpoint == "auto":
@@ -192,7 +227,9 @@ def build_telemetry(
         if settings.otlp_enabled:
             readers.append(PeriodicExportingMetricReader(otlp_metric_exporter(settings)))
         metric_readers = readers
-    meter_provider = MeterProvider(resource=resource, metric_readers=list(metric_readers))
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=list(metric_readers), views=exemplar_views()
+    )
     meter = meter_provider.get_meter(SCOPE_NAME, __version__)
 
     tracer_provider = TracerProvider(resource=resource)
