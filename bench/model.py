@@ -14,9 +14,9 @@ split and seed), differing only in how the encoded matrix reaches the trees:
 
 Timing: the process pinned to one CPU (``--cpu``), one OpenMP/BLAS thread as the service
 runs (``inference_threads``); the variants alternate within each of ``--rounds`` rounds;
-a cell is the median over rounds of the mean per call, wall and thread CPU time, for
-batches of 1, 64 and 256 holdout rows. ``in _preprocess_X``: the share of a one-row call
-spent under the estimator's input conversion (cProfile, 500 calls).
+a cell is the fastest round's mean per call (other load only ever adds), wall and thread
+CPU time, for batches of 1, 64 and 256 holdout rows. ``in _preprocess_X``: the share of
+a one-row call spent under the estimator's input conversion (cProfile, 500 calls).
 
 Metrics: ``holdout_metrics`` (the threshold is each model's best F1 on the holdout) on the
 bundled seed; the bootstrap standard error of ``before``'s metrics on that holdout; then,
@@ -162,7 +162,7 @@ def main() -> None:
     threadpool_limits(limits=1)
     print("bench/model: the bundled model's predict_proba, variants interleaved in one process")
     print(f"date      {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; commit {commit()}")
-    print(f"machine   {machine()}; loadavg {os.getloadavg()}")
+    print(f"machine   {machine()}; loadavg {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(
         f"python    {platform.python_version()}; scikit-learn {sklearn.__version__}, "
         f"numpy {np.__version__}; pinned to CPU {args.cpu}, 1 thread"
@@ -198,8 +198,8 @@ def main() -> None:
         model, _, _, fit_s = fitted[name]
         parts = []
         for b in BATCHES:
-            wall = statistics.median(w for w, _ in cells[(name, b)])
-            cpu = statistics.median(c for _, c in cells[(name, b)])
+            wall = min(w for w, _ in cells[(name, b)])
+            cpu = min(c for _, c in cells[(name, b)])
             parts.append(f"{wall:>8.0f} {cpu:>8.0f} {cpu / b:>4.1f}")
         share = conversion_share(model, xs[1])
         print(
@@ -207,8 +207,8 @@ def main() -> None:
             + "  ".join(f"{p:>22}" for p in parts)
             + f"  {share:>15.0%}"
         )
-    before_cpu = statistics.median(c for _, c in cells[("before", 1)])
-    after_cpu = statistics.median(c for _, c in cells[("shipped", 1)])
+    before_cpu = min(c for _, c in cells[("before", 1)])
+    after_cpu = min(c for _, c in cells[("shipped", 1)])
     print(f"one row, shipped / before (CPU): {after_cpu / before_cpu:.2f}")
 
     print()
