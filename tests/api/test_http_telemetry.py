@@ -103,7 +103,7 @@ def test_no_http_instrumentation_makes_no_span(
 def test_span_and_metric_follow_the_stable_http_conventions(
     harness: Harness, valid_features: dict[str, Any]
 ) -> None:
-    resp = harness.client.post("/v1/predict", json={"features": valid_features})
+    assert harness.client.post("/v1/predict", json={"features": valid_features}).status_code == 200
     (span,) = harness.spans.server()
     attrs = dict(span.attributes or {})
     assert {k: attrs[k] for k in attrs if not k.startswith(("inferwatch.", "model.", "pred"))} == {
@@ -124,8 +124,8 @@ def test_span_and_metric_follow_the_stable_http_conventions(
         "http.route": "/v1/predict",
         "http.response.status_code": 200,
     }
-    # recorded inside the span: the exemplar carries the response's trace id
-    assert [format(e.trace_id, "032x") for e in point.exemplars] == [resp.json()["trace_id"]]
+    # exemplars only on the inference histogram (telemetry/setup.py exemplar_views)
+    assert point.exemplars == []
 
 
 def test_a_callers_traceparent_is_continued(

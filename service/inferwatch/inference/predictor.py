@@ -38,7 +38,14 @@ class Predictor:
         self._threshold = model.metadata.decision_threshold
 
     def predict(self, payloads: Sequence[Mapping[str, Any]]) -> list[Prediction]:
-        x = self.encoder.encode(payloads)
+        return self.predict_matrix(self.encoder.encode(payloads))
+
+    def predict_matrix(self, x: np.ndarray) -> list[Prediction]:
+        """Predictions for rows already encoded by ``self.encoder`` (n_rows x n_features).
+
+        One ``predict_proba`` for all rows; a row's result does not depend on the others
+        in ``x`` (tests/unit/test_model.py checks batches against single rows).
+        """
         proba: np.ndarray = self._estimator.predict_proba(x)
         if self._binary:
             pos = self.metadata.positive_class
