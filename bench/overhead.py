@@ -19,8 +19,8 @@ Same machine, same model, same load, one run, side by side. One model is trained
 - ``iw-live-no-http``: as iw-live with ``INFERWATCH_HTTP_INSTRUMENTATION=none`` (our
   metrics only, no HTTP server span, hence no prediction span either);
 - ``iw-live-unbatched``: as iw-live with micro-batching off (one predict_proba per request);
-- ``iw-live-nowait``: as iw-live with micro-batching that never waits for a batch to fill
-  (``INFERWATCH_MICROBATCH_MAX_WAIT_MS=0``).
+- ``iw-live-wait1ms``: as iw-live with micro-batches that wait up to 1 ms to fill while
+  there is concurrency (``INFERWATCH_MICROBATCH_MAX_WAIT_MS=1``; shipped: 0).
 
 Every inferwatch variant runs without a database (``INFERWATCH_DATABASE_URL`` unset), so
 its audit writer is in spool-only mode: every record is encoded and appended to a disk
@@ -197,9 +197,9 @@ VARIANTS: tuple[Variant, ...] = (
         env={"INFERWATCH_MICROBATCH_ENABLED": "false"},
     ),
     Variant(
-        "iw-live-nowait",
-        "as iw-live, micro-batches never wait to fill",
-        env={"INFERWATCH_MICROBATCH_MAX_WAIT_MS": "0"},
+        "iw-live-wait1ms",
+        "as iw-live, micro-batches wait up to 1 ms to fill",
+        env={"INFERWATCH_MICROBATCH_MAX_WAIT_MS": "1"},
     ),
     Variant(
         "iw-live-no-http",

@@ -54,10 +54,12 @@ class Settings(BaseSettings):
     # consumer waits up to max_wait_ms for a batch to fill only while there is
     # concurrency (never for a request that arrives alone); more than max_queue waiting
     # requests are shed with 503 + Retry-After. Off: every request is a batch of one.
-    # Defaults measured on the reference machine (docs/benchmarks.md, bench.overhead).
+    # Defaults measured on the reference machine (docs/benchmarks.md, bench.overhead):
+    # waiting 1 ms for a batch to fill measured no better than not waiting (the event
+    # loop, not the model, is the bottleneck once batched), so no wait by default.
     microbatch_enabled: bool = True
     microbatch_max_size: int = Field(64, ge=1, le=4096)
-    microbatch_max_wait_ms: float = Field(1.0, ge=0, le=100)
+    microbatch_max_wait_ms: float = Field(0.0, ge=0, le=100)
     microbatch_max_queue: int = Field(1024, ge=1)
 
     # --- telemetry ---------------------------------------------------------------
