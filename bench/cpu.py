@@ -217,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         "(bench/overhead's bare CPU µs/req minus this bare's: ~130-220 on this host)",
     )
     args = ap.parse_args(argv)
+    from bench.common import acquire_benchmark_lock
+
+    acquire_benchmark_lock("bench.cpu")  # held until this process exits
     os.sched_setaffinity(0, {int(args.cpu)})
 
     work = Path(tempfile.mkdtemp(prefix="inferwatch-cpu-"))

@@ -74,7 +74,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from stack.launch import Options, Ports, Stack  # noqa: E402  (after the path fix above)
+from bench.common import acquire_benchmark_lock  # noqa: E402  (after the path fix above)
+from stack.launch import Options, Ports, Stack  # noqa: E402
 from stack.procs import (  # noqa: E402
     PollTimeout,
     find_binary,
@@ -984,6 +985,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "serve":
         serve(args.port, args.factory)
         return 0
+    acquire_benchmark_lock("bench.overhead")  # held until this process exits
 
     levels = [int(c) for c in args.concurrency.split(",") if c]
     chosen = [v for v in VARIANTS if v.name in args.variants.split(",")]
