@@ -594,7 +594,8 @@ def run_fixed_rate(
 
 
 def fmt_fixed(fixed: list[FixedRate], order: list[str], connections: int) -> str:
-    """Each variant's best round (lowest P99), with P99 added over bare's."""
+    """Each variant's best round (lowest P99), with P99 added over bare's and, for the
+    inferwatch variants, over the same app with telemetry off (iw-telemetry-off)."""
     best: dict[str, FixedRate] = {}
     rounds: dict[str, list[FixedRate]] = defaultdict(list)
     for f in fixed:
@@ -602,9 +603,10 @@ def fmt_fixed(fixed: list[FixedRate], order: list[str], connections: int) -> str
         if f.variant not in best or f.p99_ms < best[f.variant].p99_ms:
             best[f.variant] = f
     bare = best.get("bare")
+    off = best.get("iw-telemetry-off")
     head = (
         f"{'variant':<23} {'offered':>7} {'done/s':>7} {'P50 ms':>7} {'P99 ms':>7} "
-        f"{'P99 +ms':>8} {'max ms':>8} {'2xx':>6}  rounds P99 ms"
+        f"{'P99 +ms':>8} {'+ms tel-off':>11} {'max ms':>8} {'2xx':>6}  rounds P99 ms"
     )
     out = [
         f"equal offered load: open loop (vegeta), {connections} connections, the same "
@@ -617,10 +619,13 @@ def fmt_fixed(fixed: list[FixedRate], order: list[str], connections: int) -> str
             continue
         f = best[name]
         added = f"{f.p99_ms - bare.p99_ms:+8.2f}" if bare else f"{'-':>8}"
+        vs_off = f"{'-':>11}"
+        if off is not None and name not in ("bare", "iw-telemetry-off"):
+            vs_off = f"{f.p99_ms - off.p99_ms:+11.2f}"
         runs = "/".join(f"{x.p99_ms:.2f}" for x in rounds[name])
         out.append(
             f"{name:<23} {f.rate:>7.0f} {f.achieved:>7.0f} {f.p50_ms:>7.2f} {f.p99_ms:>7.2f} "
-            f"{added} {f.max_ms:>8.2f} {f.success:>6.1%}  {runs}"
+            f"{added} {vs_off} {f.max_ms:>8.2f} {f.success:>6.1%}  {runs}"
         )
     return "\n".join(out)
 
@@ -920,6 +925,14 @@ def targets(results: list[Result], fixed: list[FixedRate]) -> list[str]:
         lines.append(
             f"target P99 added <= 0.5 ms at equal offered load ({rate:.0f} req/s, open loop), "
             f"live collector: {added:+.2f} ms {'MET' if added <= 0.5 else 'NOT MET'}"
+        )
+    if "iw-telemetry-off" in p99 and "iw-live" in p99:
+        # the same app without telemetry: what telemetry alone adds at the same load
+        added = p99["iw-live"] - p99["iw-telemetry-off"]
+        lines.append(
+            f"P99 added by telemetry at equal offered load ({fixed[0].rate:.0f} req/s, open "
+            f"loop), iw-live vs iw-telemetry-off: {added:+.2f} ms "
+            f"{'(<= 0.5 ms)' if added <= 0.5 else '(> 0.5 ms)'}"
         )
     bare, live = by.get(("bare", 32)), by.get(("iw-live", 32))
     if bare and live:

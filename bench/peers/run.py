@@ -290,7 +290,7 @@ class Server:
 def write_mlserver_config(
     folder: Path, http_port: int, grpc_port: int, metrics_port: int, ctx: Context, v: Variant
 ) -> None:
-    """settings.json (server) and model-settings.json (the model) in `folder`."""
+    """settings.json (the server) in `folder`, model-settings.json in its model's folder."""
     folder.mkdir(parents=True, exist_ok=True)
     settings = {
         "host": "127.0.0.1",
@@ -308,7 +308,8 @@ def write_mlserver_config(
         "parameters": {"uri": str(ctx.joblib_path), "version": ctx.model_path.name},
     }
     (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
-    (folder / "model-settings.json").write_text(json.dumps(model, indent=2) + "\n")
+    (folder / MODEL_NAME).mkdir(exist_ok=True)  # MLServer expects the model's own folder
+    (folder / MODEL_NAME / "model-settings.json").write_text(json.dumps(model, indent=2) + "\n")
 
 
 def measure(server: Server, ctx: Context, rnd: int, concurrency: int, seconds: float) -> Cell:
@@ -451,7 +452,7 @@ def fmt_table(cells: list[Cell], levels: list[int], order: list[str]) -> str:
     s = summarize(cells)
     head = (
         f"{'variant':<17} {'conc':>4} {'req/s':>7} {'rounds req/s':>13} {'P50 ms':>8} "
-        f"{'P99 ms':>8} {'errors':>7} {'CPU µs/req':>10} {'cpu1 other':>10} "
+        f"{'P99 ms':>8} {'non-2xx':>7} {'sock err':>8} {'CPU µs/req':>10} {'cpu1 other':>10} "
         f"{'req/s ÷ iw':>10} {'P99 ÷ iw':>8} {'spans/req':>9}"
     )
     out = [head, "-" * len(head)]
@@ -462,13 +463,13 @@ def fmt_table(cells: list[Cell], levels: list[int], order: list[str]) -> str:
             if r is None:
                 continue
             runs = "/".join(f"{x:.0f}" for x in r["rounds"])
-            errors = r["non_2xx"] + r["socket"]
             ratio = f"{r['rps'] / iw['rps']:10.2f}" if iw else f"{'-':>10}"
             p99r = f"{r['p99'] / iw['p99']:8.2f}" if iw else f"{'-':>8}"
             spans = f"{r['spans']:9.2f}" if r["spans"] is not None else f"{'-':>9}"
             out.append(
                 f"{name:<17} {c:>4} {r['rps']:>7,.0f} {runs:>13} {r['p50']:>8.2f} "
-                f"{r['p99']:>8.2f} {errors:>7} {r['cpu_us']:>10,.0f} {r['other']:>9.1f}% "
+                f"{r['p99']:>8.2f} {r['non_2xx']:>7} {r['socket']:>8} {r['cpu_us']:>10,.0f} "
+                f"{r['other']:>9.1f}% "
                 f"{ratio} {p99r} {spans}"
             )
         out.append("")
@@ -667,7 +668,8 @@ def run(
     print(fmt_table(cells, levels, [v.name for v in chosen]))
     print()
     print(
-        "errors = non-2xx answers + socket errors (all rounds); CPU µs/req = the server "
+        "non-2xx, sock err = answers other than 2xx and wrk's socket errors (connect, read, "
+        "write, timeout), summed over rounds; CPU µs/req = the server "
         "tree's CPU time / requests; cpu1 other = CPU 1 time used by other processes; "
         "req/s ÷ iw and P99 ÷ iw = this variant's over inferwatch's; spans/req = spans the "
         "collector accepted per request"

@@ -24,7 +24,7 @@ from bench.common import (
 )
 from bench.overhead import write_bodies
 from bench.peers import envs, payloads
-from bench.peers.run import VARIANTS
+from bench.peers.run import VARIANTS, Cell, fmt_table, summarize, targets
 from inferwatch.inference.training import card_fraud_schema
 from stack.procs import poll
 
@@ -148,3 +148,34 @@ def test_the_peers_run_the_model_libraries_of_the_lock() -> None:
         assert all("==" in r for r in reqs), reqs
         for lib in envs.MODEL_LIBRARIES:
             assert f"{lib}=={metadata.version(lib)}" in reqs
+
+
+def test_the_table_averages_rounds_and_the_targets_compare_to_inferwatch() -> None:
+    def cell(variant: str, rnd: int, c: int, rps: float, p50: float, p99: float) -> Cell:
+        return Cell(variant, rnd, c, rps, p50, p99, int(rps * 20), 0, 0, 100.0, 0.0)
+
+    cells = [
+        cell("inferwatch", 0, 128, 1800.0, 40.0, 90.0),
+        cell("inferwatch", 1, 128, 2200.0, 60.0, 110.0),  # mean 2000 req/s, P99 100 ms
+        cell("mlserver", 0, 128, 1000.0, 50.0, 120.0),  # 2.0x: met, P99 no worse
+        cell("bentoml", 0, 128, 700.0, 80.0, 99.0),  # 2.86x: not met (and a better P99)
+        cell("bare", 0, 1, 500.0, 1.5, 2.0),
+        cell("inferwatch", 0, 1, 450.0, 1.9, 2.5),  # +0.4 ms P50: not met
+    ]
+
+    summary = summarize(cells)
+    assert summary[("inferwatch", 128)]["rps"] == 2000.0
+    assert summary[("inferwatch", 128)]["rounds"] == [1800.0, 2200.0]
+    assert summary[("inferwatch", 128)]["p99"] == 100.0
+    table = fmt_table(cells, [1, 128], ["bare", "bentoml", "mlserver", "inferwatch"])
+    row = next(ln for ln in table.splitlines() if ln.startswith("mlserver")).split()
+    assert row[-3:] == ["0.50", "1.20", "-"]  # req/s and P99 over inferwatch's; no spans
+    lines = targets(cells)
+    assert [ln.rsplit(" ", 2)[-2:] for ln in lines] == [
+        ["ms", "MET"],
+        ["NOT", "MET"],
+        ["NOT", "MET"],
+    ]
+    assert "2.00x" in lines[0]
+    assert "2.86x" in lines[1]
+    assert "+0.400 ms" in lines[2]
