@@ -81,12 +81,12 @@ def descendants(root: int) -> list[int]:
 
 
 def process_name(pid: int) -> str:
-    """The command line, shortened (argv[0]'s base name and the next arguments)."""
+    """The first words of the command line, absolute paths shortened to their base name."""
     with contextlib.suppress(OSError):
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        words = [a.decode(errors="replace") for a in argv if a]
+        words = [a.decode(errors="replace") for a in argv if a][:4]
         if words:
-            return " ".join([Path(words[0]).name, *words[1:4]])[:80]
+            return " ".join(Path(w).name if w.startswith("/") else w for w in words)[:80]
     return "?"
 
 
