@@ -238,17 +238,20 @@ class Server:
             env.update(ctx.iw_env)
             self.ready_url, self.url = f"{base}/readyz", f"{base}/v1/predict"
         env.update(variant.env)
-        self.env_shown = {k: v for k, v in {**variant.env, **ctx.iw_env}.items()}
         self.proc = spawn(["taskset", "-c", SERVER_CPU, *argv], env=env, cwd=cwd, log=self.log)
         self.pid = self.proc.pid  # taskset execs the server: the same pid
-        poll(
-            lambda: http_ok(self.ready_url, timeout=2),
-            240,
-            f"{variant.name} to become ready",
-            alive=lambda: pid_alive(self.pid),
-            log=self.log,
-            interval_s=0.25,
-        )
+        try:
+            poll(
+                lambda: http_ok(self.ready_url, timeout=2),
+                240,
+                f"{variant.name} to become ready",
+                alive=lambda: pid_alive(self.pid),
+                log=self.log,
+                interval_s=0.25,
+            )
+        except BaseException:
+            self.stop()  # what it started so far, never left running
+            raise
 
     def check_answers(self, bodies: list[str], expected: list[float]) -> None:
         """The first payloads' answers equal the model's own probabilities."""
@@ -513,6 +516,23 @@ def peer_versions(ctx: Context) -> list[str]:
     return lines
 
 
+def code_version() -> str:
+    """The commit the run measures (taken at its start), marked when files differ from it."""
+
+    def git(*argv: str) -> str:
+        out = subprocess.run(
+            ["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False, timeout=30
+        )
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "?"
+    return (
+        f"{commit} + local changes"
+        if git("status", "--porcelain", "--untracked-files=no")
+        else commit
+    )
+
+
 # --- main --------------------------------------------------------------------------------
 
 
@@ -559,6 +579,7 @@ def run(
     args: argparse.Namespace, levels: list[int], chosen: list[Variant], iw_env: dict[str, str]
 ) -> int:
     info = machine()
+    commit = code_version()
     work = Path(tempfile.mkdtemp(prefix="inferwatch-peers-"))
     cells: list[Cell] = []
     notes: list[str] = []
@@ -567,14 +588,14 @@ def run(
     t_start = time.monotonic()
     try:
         ctx = prepare(work, args.rows, {v.kind for v in chosen}, iw_env)
-        own = stack_pids(ctx.stack)
         schedule = [
             (rnd, v)
             for rnd in range(args.rounds)
             for v in (chosen if rnd % 2 == 0 else chosen[::-1])
         ]
         for rnd, variant in schedule:
-            load = wait_quiet(own, args.quiet_limit, args.quiet_timeout)
+            # the stack's own processes (Postgres' backends come and go) are not "others"
+            load = wait_quiet(stack_pids(ctx.stack), args.quiet_limit, args.quiet_timeout)
             if load >= args.quiet_limit:
                 notes.append(
                     f"{variant.name} (round {rnd + 1}): started while other processes kept "
@@ -624,16 +645,9 @@ def run(
         else:
             shutil.rmtree(work, ignore_errors=True)
     elapsed = time.monotonic() - t_start
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
 
     print("bench/peers: inferwatch vs the servers its users would pick instead")
-    print(f"date      {info['date']}; commit {commit or '?'}")
+    print(f"date      {info['date']}; commit {commit}")
     print(f"machine   {info['cpu']}; loadavg at start {info['load']}")
     print(f"python    {info['python']}; inferwatch env: {info['packages']}")
     for line in peer_versions(ctx) if ctx else []:
