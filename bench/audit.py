@@ -42,7 +42,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.lock import bench_lock
+from bench.common import benchmark_lock
 from inferwatch.audit import encoding as enc
 from inferwatch.audit.privacy import PrivacyPolicy
 from inferwatch.audit.records import PredictionRecord
@@ -258,5 +258,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with bench_lock("bench.audit"):
+    with benchmark_lock("bench.audit"):
         main()

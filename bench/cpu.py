@@ -46,7 +46,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.lock import bench_lock  # noqa: E402  (after the path fix above)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -214,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         "(bench/overhead's bare CPU µs/req minus this bare's: ~130-220 on this host)",
     )
     args = ap.parse_args(argv)
+    from bench.common import acquire_benchmark_lock
+
+    acquire_benchmark_lock("bench.cpu")  # held until this process exits
     os.sched_setaffinity(0, {int(args.cpu)})
 
     work = Path(tempfile.mkdtemp(prefix="inferwatch-cpu-"))
@@ -296,5 +298,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with bench_lock("bench.cpu"):
-        sys.exit(main())
+    sys.exit(main())

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from bench.lock import bench_lock
+from bench.common import benchmark_lock
 from inferwatch.analysis import drift, store
 from inferwatch.inference import data
 from inferwatch.inference.training import card_fraud_schema, reference_profile
@@ -169,5 +169,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with bench_lock("bench.drift"):
+    with benchmark_lock("bench.drift"):
         main()

@@ -45,6 +45,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
+from bench.common import benchmark_lock
 from bench.drift import machine
 from inferwatch.inference.schema import FeatureSchema
 from inferwatch.inference.training import (
@@ -250,4 +251,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with benchmark_lock("bench.model"):
+        main()

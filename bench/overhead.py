@@ -76,8 +76,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.lock import bench_lock  # noqa: E402  (after the path fix above)
-from stack.launch import Options, Ports, Stack  # noqa: E402  (after the path fix above)
+from bench.common import acquire_benchmark_lock  # noqa: E402  (after the path fix above)
+from stack.launch import Options, Ports, Stack  # noqa: E402
 from stack.procs import (  # noqa: E402
     PollTimeout,
     find_binary,
@@ -136,6 +136,62 @@ def create_bare() -> Any:
         body = orjson.loads(await request.body())
         proba = float(estimator.predict_proba(encoder.encode([body["features"]]))[0, 1])
         return Response(orjson.dumps({"probability": proba}), media_type="application/json")
+
+    return app
+
+
+def create_bare_batched() -> Any:
+    """The bare app with inferwatch's micro-batcher (inference/batcher.py, the shipped
+    defaults) and nothing else: no validation, telemetry or audit. What the batching
+    alone buys, the baseline of issue #12's "0.5 x the bare app with the same batching"."""
+    from contextlib import asynccontextmanager
+
+    import orjson
+    from threadpoolctl import threadpool_limits
+
+    from inferwatch.app import build_batcher
+    from inferwatch.inference.loading import load_model
+    from inferwatch.inference.predictor import Predictor
+    from inferwatch.settings import Settings
+    from inferwatch.telemetry.instruments import ServiceInstruments
+    from inferwatch.telemetry.setup import build_telemetry
+
+    threadpool_limits(limits=1)
+    loaded = load_model(Path(os.environ["BENCH_MODEL_PATH"]))
+    settings = Settings(telemetry_enabled=False, otlp_enabled=False)
+    telemetry = build_telemetry(settings)  # no-op providers
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    instruments = ServiceInstruments.create(NoOpMeterProvider().get_meter("bench"))
+    batcher = build_batcher(settings, Predictor(loaded), telemetry, instruments)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        telemetry={
+            "tracing": False,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "auto_configure": False,
+        },
+    )
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/predict")
+    async def predict(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        served = await batcher.predict(body["features"], None)
+        out = {"probability": served.prediction.probability}
+        return Response(orjson.dumps(out), media_type="application/json")
 
     return app
 
@@ -596,7 +652,8 @@ def run_fixed_rate(
 
 
 def fmt_fixed(fixed: list[FixedRate], order: list[str], connections: int) -> str:
-    """Each variant's best round (lowest P99), with P99 added over bare's."""
+    """Each variant's best round (lowest P99), with P99 added over bare's and, for the
+    inferwatch variants, over the same app with telemetry off (iw-telemetry-off)."""
     best: dict[str, FixedRate] = {}
     rounds: dict[str, list[FixedRate]] = defaultdict(list)
     for f in fixed:
@@ -604,9 +661,10 @@ def fmt_fixed(fixed: list[FixedRate], order: list[str], connections: int) -> str
         if f.variant not in best or f.p99_ms < best[f.variant].p99_ms:
             best[f.variant] = f
     bare = best.get("bare")
+    off = best.get("iw-telemetry-off")
     head = (
         f"{'variant':<23} {'offered':>7} {'done/s':>7} {'P50 ms':>7} {'P99 ms':>7} "
-        f"{'P99 +ms':>8} {'max ms':>8} {'2xx':>6}  rounds P99 ms"
+        f"{'P99 +ms':>8} {'+ms tel-off':>11} {'max ms':>8} {'2xx':>6}  rounds P99 ms"
     )
     out = [
         f"equal offered load: open loop (vegeta), {connections} connections, the same "
@@ -619,10 +677,13 @@ def fmt_fixed(fixed: list[FixedRate], order: list[str], connections: int) -> str
             continue
         f = best[name]
         added = f"{f.p99_ms - bare.p99_ms:+8.2f}" if bare else f"{'-':>8}"
+        vs_off = f"{'-':>11}"
+        if off is not None and name not in ("bare", "iw-telemetry-off"):
+            vs_off = f"{f.p99_ms - off.p99_ms:+11.2f}"
         runs = "/".join(f"{x.p99_ms:.2f}" for x in rounds[name])
         out.append(
             f"{name:<23} {f.rate:>7.0f} {f.achieved:>7.0f} {f.p50_ms:>7.2f} {f.p99_ms:>7.2f} "
-            f"{added} {f.max_ms:>8.2f} {f.success:>6.1%}  {runs}"
+            f"{added} {vs_off} {f.max_ms:>8.2f} {f.success:>6.1%}  {runs}"
         )
     return "\n".join(out)
 
@@ -923,6 +984,14 @@ def targets(results: list[Result], fixed: list[FixedRate]) -> list[str]:
             f"target P99 added <= 0.5 ms at equal offered load ({rate:.0f} req/s, open loop), "
             f"live collector: {added:+.2f} ms {'MET' if added <= 0.5 else 'NOT MET'}"
         )
+    if "iw-telemetry-off" in p99 and "iw-live" in p99:
+        # the same app without telemetry: what telemetry alone adds at the same load
+        added = p99["iw-live"] - p99["iw-telemetry-off"]
+        lines.append(
+            f"P99 added by telemetry at equal offered load ({fixed[0].rate:.0f} req/s, open "
+            f"loop), iw-live vs iw-telemetry-off: {added:+.2f} ms "
+            f"{'(<= 0.5 ms)' if added <= 0.5 else '(> 0.5 ms)'}"
+        )
     bare, live = by.get(("bare", 32)), by.get(("iw-live", 32))
     if bare and live:
         ratio = live.rps / bare.rps
@@ -987,6 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "serve":
         serve(args.port, args.factory)
         return 0
+    acquire_benchmark_lock("bench.overhead")  # held until this process exits
 
     levels = [int(c) for c in args.concurrency.split(",") if c]
     chosen = [v for v in VARIANTS if v.name in args.variants.split(",")]
@@ -1151,5 +1221,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with bench_lock("bench.overhead"):
-        sys.exit(main())
+    sys.exit(main())

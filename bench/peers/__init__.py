@@ -1,0 +1,1 @@
+"""bench/peers: inferwatch against BentoML, MLServer and a bare FastAPI app (see run.py)."""
