@@ -1,0 +1,149 @@
+"""The listening sockets of `inferwatch serve` and its worker-count setting.
+
+- every connection a worker accepts has TCP_NODELAY, whatever the event loop: the socket
+  uvicorn makes for its own workers does not under asyncio (the control case), ours does;
+  and the loop every worker runs sets it by itself too;
+- N sockets with SO_REUSEPORT: the kernel spreads connections over all of them; a port
+  that anybody holds, a second service's SO_REUSEPORT group included, is refused;
+- ``INFERWATCH_WORKERS`` and ``--workers``: a number or ``auto`` (the usable CPUs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+import typer
+import uvicorn
+from pydantic import ValidationError
+
+from inferwatch.cli import parse_workers
+from inferwatch.settings import Settings
+from inferwatch.workers import SERVE_LOOP, cpu_count, listen_sockets, resolve_workers
+from stack.procs import free_ports
+
+
+def _uvicorn_worker_socket() -> socket.socket:
+    """A listening socket made as uvicorn makes the one its workers share
+    (``Config.bind_socket``: ``socket.socket(family)``, protocol 0, no TCP_NODELAY)."""
+    sock = socket.socket(socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    return sock
+
+
+def _accepted_nodelay(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop], sock: socket.socket
+) -> int:
+    """TCP_NODELAY of a connection that `sock` accepted, as the loop's transport has it."""
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Future[int] = loop.create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                conn = transport.get_extra_info("socket")
+                accepted.set_result(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        server = await loop.create_server(Probe, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        try:
+            return await asyncio.wait_for(accepted, 10)
+        finally:
+            writer.close()
+            server.close()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
+
+
+def test_accepted_connections_have_tcp_nodelay_under_asyncio() -> None:
+    # the trap: asyncio leaves Nagle's algorithm on for uvicorn's worker socket
+    assert _accepted_nodelay(asyncio.new_event_loop, _uvicorn_worker_socket()) == 0
+    for n in (1, 2):
+        sockets = listen_sockets("127.0.0.1", 0 if n == 1 else free_ports(1)[0], n)
+        try:
+            assert all(_accepted_nodelay(asyncio.new_event_loop, s) == 1 for s in sockets)
+        finally:
+            for s in sockets:
+                s.close()
+
+
+def test_the_serving_event_loop_sets_tcp_nodelay_on_its_own() -> None:
+    """The loop uvicorn builds for SERVE_LOOP disables Nagle even on uvicorn's socket."""
+    factory = uvicorn.Config("inferwatch.asgi:create", loop=SERVE_LOOP).get_loop_factory()
+    assert factory is not None
+    assert _accepted_nodelay(factory, _uvicorn_worker_socket()) == 1
+
+
+def test_reuseport_sockets_all_receive_connections() -> None:
+    port = free_ports(1)[0]
+    sockets = listen_sockets("127.0.0.1", port, 2)
+    clients = []
+    try:
+        for _ in range(64):
+            clients.append(socket.create_connection(("127.0.0.1", port)))
+        per_socket: Counter[int] = Counter()
+        for i, sock in enumerate(sockets):
+            sock.setblocking(False)
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                per_socket[i] += 1
+        # by a hash of the addresses: all 64 on one socket has a chance of 2**-63
+        assert sum(per_socket.values()) == 64
+        assert per_socket[0] > 0, per_socket
+        assert per_socket[1] > 0, per_socket
+    finally:
+        for c in clients:
+            c.close()
+        for s in sockets:
+            s.close()
+
+
+def test_a_taken_port_is_refused_even_to_another_reuseport_group() -> None:
+    port = free_ports(1)[0]
+    with socket.socket() as plain:
+        plain.bind(("127.0.0.1", port))
+        plain.listen(1)
+        with pytest.raises(OSError, match="in use"):
+            listen_sockets("127.0.0.1", port, 2)
+        with pytest.raises(OSError, match="in use"):
+            listen_sockets("127.0.0.1", port, 1)
+    first = listen_sockets("127.0.0.1", port, 2)
+    try:
+        # a second service of the same user on the same port
+        with pytest.raises(OSError, match="in use"):
+            listen_sockets("127.0.0.1", port, 2)
+    finally:
+        for s in first:
+            s.close()
+
+
+def test_workers_setting_takes_a_number_or_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERWATCH_WORKERS", "3")
+    assert Settings().workers == 3
+    monkeypatch.setenv("INFERWATCH_WORKERS", "auto")
+    assert Settings().workers == "auto"
+    assert resolve_workers("auto") == cpu_count() == len(os.sched_getaffinity(0))
+    for bad in ("0", "65", "many"):
+        monkeypatch.setenv("INFERWATCH_WORKERS", bad)
+        with pytest.raises(ValidationError):
+            Settings()
+
+
+def test_workers_option_takes_a_number_or_auto() -> None:
+    assert parse_workers("2") == 2
+    assert parse_workers("auto") == "auto"
+    for bad in ("0", "65", "two", ""):
+        with pytest.raises(typer.BadParameter):
+            parse_workers(bad)
