@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in info.items():
         print(f"{k:<9} {v}")
     print(
-        f"load      wrk -t1 (CPU 0), {args.warmup:g} s warm-up per service, {args.duration:g} s "
+        f"run       wrk -t1 (CPU 0), {args.warmup:g} s warm-up per service, {args.duration:g} s "
         f"per cell, {args.rounds} rounds; everything else floats over both cores\n"
     )
     print(table(cells, workers, levels))

@@ -74,6 +74,28 @@ def parse_workers(text: str) -> int | Literal["auto"]:
     return n
 
 
+def worker_count(settings: Settings, option: str | None) -> int:
+    """How many worker processes `serve` runs: --workers, else INFERWATCH_WORKERS, else the
+    default; one while GET /metrics is served (OTLP export off), which a request for more
+    is refused with: Prometheus would scrape whichever worker the connection reached, a
+    different process's counters each time."""
+    from inferwatch.telemetry.setup import pull_endpoint_enabled
+    from inferwatch.workers import resolve_workers
+
+    explicit = option is not None or "workers" in settings.model_fields_set
+    n = resolve_workers(settings.workers if option is None else parse_workers(option))
+    if n > 1 and pull_endpoint_enabled(settings):
+        if explicit:
+            raise typer.BadParameter(
+                f"{n} workers need OTLP export: GET /metrics (INFERWATCH_OTLP_ENABLED=false or "
+                "INFERWATCH_METRICS_ENDPOINT=on) answers from one worker's meters, whichever "
+                "a scrape reaches",
+                param_hint="--workers",
+            )
+        return 1
+    return n
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -95,11 +117,11 @@ def serve(
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Serve the model over HTTP (settings from INFERWATCH_* env vars; options win)."""
-    from inferwatch.workers import ServeSpec, configure_logging, resolve_workers
+    from inferwatch.workers import ServeSpec, configure_logging
     from inferwatch.workers import serve as serve_workers
 
     settings = Settings()
-    n_workers = resolve_workers(settings.workers if workers is None else parse_workers(workers))
+    n_workers = worker_count(settings, workers)
     configure_logging(log_level)
     ensure_model(settings)
     # only the listener reads host and port: each worker's app builds its own Settings

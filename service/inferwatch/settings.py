@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     # worker processes of `inferwatch serve` (its --workers wins): a number, or "auto" for
-    # one per usable CPU. The default is measured (docs/decisions.md, "Worker processes").
-    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 1
+    # one per usable CPU. The default is measured (docs/decisions.md, "Worker processes");
+    # while GET /metrics is served (OTLP off) the default is 1 and more are refused.
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 2
     model_dir: Path = Path("models")
     model_name: str = "card-fraud"
     model_version: str | None = None  # None: the newest version in model_dir

@@ -33,6 +33,8 @@ from tests.fixtures.serve import serving
 
 pytestmark = pytest.mark.integration
 
+# `serving` turns OTLP export off; GET /metrics goes too, or two workers are refused
+NO_PULL = {"INFERWATCH_METRICS_ENDPOINT": "off"}
 READY = re.compile(r"worker (\d+) \(pid (\d+)\) ready")
 
 
@@ -129,7 +131,7 @@ def test_two_workers_slots_nagle_and_replacement(small_model: LoadedModel, tmp_p
     log, spool = tmp_path / "serve.log", tmp_path / "spool"
     payloads = bodies(140)
     with serving(
-        model_dir(small_model), tmp_path, ["--workers", "2", "--port", str(port)], {}, url
+        model_dir(small_model), tmp_path, ["--workers", "2", "--port", str(port)], NO_PULL, url
     ):
 
         def both_ready() -> dict[int, int] | None:
@@ -188,6 +190,7 @@ def test_a_worker_that_cannot_start_stops_the_service(
         "INFERWATCH_TRAIN_IF_MISSING": "false",
         "INFERWATCH_OTLP_ENABLED": "false",
         "INFERWATCH_AUDIT_SPOOL_DIR": str(tmp_path / "spool"),
+        **NO_PULL,
     }
     argv = [str(venv_bin("inferwatch")), "serve", "--workers", "2", "--port", str(port)]
     proc = spawn(argv, env=env, cwd=tmp_path, log=log)

@@ -5,7 +5,8 @@
   and the loop every worker runs sets it by itself too;
 - N sockets with SO_REUSEPORT: the kernel spreads connections over all of them; a port
   that anybody holds, a second service's SO_REUSEPORT group included, is refused;
-- ``INFERWATCH_WORKERS`` and ``--workers``: a number or ``auto`` (the usable CPUs).
+- ``INFERWATCH_WORKERS`` and ``--workers``: a number or ``auto`` (the usable CPUs); one
+  worker while GET /metrics is served, and more refused there when asked for.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
-from inferwatch.cli import parse_workers
+from inferwatch.cli import parse_workers, worker_count
 from inferwatch.settings import Settings
 from inferwatch.workers import SERVE_LOOP, cpu_count, listen_sockets, resolve_workers
 from stack.procs import free_ports
@@ -147,3 +148,24 @@ def test_workers_option_takes_a_number_or_auto() -> None:
     for bad in ("0", "65", "two", ""):
         with pytest.raises(typer.BadParameter):
             parse_workers(bad)
+
+
+def test_one_worker_while_metrics_are_pulled_and_more_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("INFERWATCH_WORKERS", raising=False)
+    monkeypatch.delenv("INFERWATCH_METRICS_ENDPOINT", raising=False)
+    monkeypatch.delenv("INFERWATCH_OTLP_ENABLED", raising=False)
+    assert worker_count(Settings(), None) == 2  # the default, with OTLP export
+    assert worker_count(Settings(), "auto") == cpu_count()
+    pull = Settings(otlp_enabled=False)  # GET /metrics on ("auto"): the no-collector path
+    assert worker_count(pull, None) == 1
+    assert worker_count(pull, "1") == 1
+    with pytest.raises(typer.BadParameter, match="need OTLP export"):
+        worker_count(pull, "2")
+    monkeypatch.setenv("INFERWATCH_WORKERS", "2")
+    with pytest.raises(typer.BadParameter, match="need OTLP export"):
+        worker_count(Settings(otlp_enabled=False), None)
+    assert worker_count(Settings(otlp_enabled=False, metrics_endpoint="off"), None) == 2
+    with pytest.raises(typer.BadParameter, match="need OTLP export"):
+        worker_count(Settings(metrics_endpoint="on"), None)
