@@ -5,6 +5,7 @@
 - a keep-alive response is never held back by Nagle's algorithm: the body follows the
   head at once (with Nagle it waits for the client's delayed ACK, about 40 ms);
 - a worker that dies is replaced on its socket, and requests keep being answered;
+- the supervisor stopped by SIGTERM stops its workers; killed (SIGKILL), it leaves none;
 - a worker that cannot start stops the whole service with exit status 3.
 """
 
@@ -18,6 +19,7 @@ import signal
 import socket
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from inferwatch.audit.encoding import KIND_PREDICTION, split_tuples, tuple_key
 from inferwatch.audit.spool import iter_frames
 from inferwatch.inference.data import generate_transactions
 from inferwatch.inference.loading import METADATA_NAME, LoadedModel
-from stack.procs import free_ports, poll, spawn, terminate, venv_bin
+from stack.procs import free_ports, pid_alive, poll, spawn, terminate, venv_bin
 from tests.fixtures.serve import serving
 
 pytestmark = pytest.mark.integration
@@ -36,6 +38,7 @@ pytestmark = pytest.mark.integration
 # `serving` turns OTLP export off; GET /metrics goes too, or two workers are refused
 NO_PULL = {"INFERWATCH_METRICS_ENDPOINT": "off"}
 READY = re.compile(r"worker (\d+) \(pid (\d+)\) ready")
+SUPERVISOR = re.compile(r"supervisor pid (\d+)")
 
 
 def model_dir(model: LoadedModel) -> Path:
@@ -45,6 +48,15 @@ def model_dir(model: LoadedModel) -> Path:
 def ready_workers(log: Path) -> dict[int, int]:
     """worker index -> pid of its newest process that reported ready (the supervisor's log)."""
     return {int(i): int(pid) for i, pid in READY.findall(log.read_text(errors="replace"))}
+
+
+def both_ready(log: Path) -> dict[int, int] | None:
+    workers = ready_workers(log)
+    return workers if len(workers) == 2 else None
+
+
+def gone(pid: int) -> Callable[[], bool]:
+    return lambda: not pid_alive(pid)
 
 
 def slot_held(slot: Path) -> bool:
@@ -133,12 +145,7 @@ def test_two_workers_slots_nagle_and_replacement(small_model: LoadedModel, tmp_p
     with serving(
         model_dir(small_model), tmp_path, ["--workers", "2", "--port", str(port)], NO_PULL, url
     ):
-
-        def both_ready() -> dict[int, int] | None:
-            w = ready_workers(log)
-            return w if len(w) == 2 else None
-
-        first = poll(both_ready, 90, "both workers ready")
+        first = poll(lambda: both_ready(log), 90, "both workers ready")
         # each worker holds a spool slot of its own
         assert slot_held(spool / "slot-0")
         assert slot_held(spool / "slot-1")
@@ -171,7 +178,42 @@ def test_two_workers_slots_nagle_and_replacement(small_model: LoadedModel, tmp_p
         replaced = poll(replacement, 90, "worker 0 replaced")
         assert replaced[1] == first[1]
         send(url, payloads[120:])  # fresh connections reach both sockets again
-    assert "worker 0 exited (status -9): starting a replacement" in log.read_text()
+        assert "worker 0 exited (status -9): starting a replacement" in log.read_text()
+
+        # SIGTERM to the supervisor alone (not its group): it stops both workers
+        match = SUPERVISOR.search(log.read_text())
+        assert match is not None
+        os.kill(int(match.group(1)), signal.SIGTERM)
+        for pid in (int(match.group(1)), *replaced.values()):
+            poll(gone(pid), 60, f"pid {pid} gone")
+
+
+def clean_env(tmp_path: Path, model_dir: Path) -> dict[str, str]:
+    """`serving`'s environment, for a service this module starts and stops itself."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("INFERWATCH_", "OTEL_"))},
+        "INFERWATCH_ENVIRONMENT": "test",
+        "INFERWATCH_MODEL_DIR": str(model_dir),
+        "INFERWATCH_TRAIN_IF_MISSING": "false",
+        "INFERWATCH_OTLP_ENABLED": "false",
+        "INFERWATCH_AUDIT_SPOOL_DIR": str(tmp_path / "spool"),
+        **NO_PULL,
+    }
+
+
+def test_a_killed_supervisor_leaves_no_worker(small_model: LoadedModel, tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    log = tmp_path / "serve.log"
+    argv = [str(venv_bin("inferwatch")), "serve", "--workers", "2", "--port", str(port)]
+    proc = spawn(argv, env=clean_env(tmp_path, model_dir(small_model)), cwd=tmp_path, log=log)
+    try:
+        workers = poll(lambda: both_ready(log), 90, "both workers ready", log=log)
+        proc.kill()  # SIGKILL: no chance to stop anything; the kernel tells the workers
+        proc.wait(10)
+        for pid in workers.values():
+            poll(gone(pid), 60, f"worker pid {pid} gone")
+    finally:
+        terminate(proc.pid)  # the group: whatever is left
 
 
 def test_a_worker_that_cannot_start_stops_the_service(
@@ -183,15 +225,7 @@ def test_a_worker_that_cannot_start_stops_the_service(
     (broken / METADATA_NAME).write_bytes((small_model.path / METADATA_NAME).read_bytes())
     (port,) = free_ports(1)
     log = tmp_path / "serve.log"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("INFERWATCH_", "OTEL_"))},
-        "INFERWATCH_ENVIRONMENT": "test",
-        "INFERWATCH_MODEL_DIR": str(tmp_path / "models"),
-        "INFERWATCH_TRAIN_IF_MISSING": "false",
-        "INFERWATCH_OTLP_ENABLED": "false",
-        "INFERWATCH_AUDIT_SPOOL_DIR": str(tmp_path / "spool"),
-        **NO_PULL,
-    }
+    env = clean_env(tmp_path, tmp_path / "models")
     argv = [str(venv_bin("inferwatch")), "serve", "--workers", "2", "--port", str(port)]
     proc = spawn(argv, env=env, cwd=tmp_path, log=log)
     try:
