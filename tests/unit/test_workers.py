@@ -39,26 +39,36 @@ def _uvicorn_worker_socket() -> socket.socket:
 
 
 def _accepted_nodelay(
-    loop_factory: Callable[[], asyncio.AbstractEventLoop], sock: socket.socket
-) -> int:
-    """TCP_NODELAY of a connection that `sock` accepted, as the loop's transport has it."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+    sockets: list[socket.socket],
+    connections: int = 1,
+) -> list[int]:
+    """TCP_NODELAY of each connection the loop accepted on `sockets` (all bound to one
+    address; with SO_REUSEPORT the kernel picks which accepts), as its transport has it."""
 
-    async def main() -> int:
+    async def main() -> list[int]:
         loop = asyncio.get_running_loop()
-        accepted: asyncio.Future[int] = loop.create_future()
+        seen: list[int] = []
+        done = asyncio.Event()
 
         class Probe(asyncio.Protocol):
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 conn = transport.get_extra_info("socket")
-                accepted.set_result(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                seen.append(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                if len(seen) == connections:
+                    done.set()
 
-        server = await loop.create_server(Probe, sock=sock)
-        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        servers = [await loop.create_server(Probe, sock=s) for s in sockets]
+        host, port = sockets[0].getsockname()[:2]
+        writers = [(await asyncio.open_connection(host, port))[1] for _ in range(connections)]
         try:
-            return await asyncio.wait_for(accepted, 10)
+            await asyncio.wait_for(done.wait(), 10)
+            return seen
         finally:
-            writer.close()
-            server.close()
+            for w in writers:
+                w.close()
+            for server in servers:
+                server.close()
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(main())
@@ -66,11 +76,11 @@ def _accepted_nodelay(
 
 def test_accepted_connections_have_tcp_nodelay_under_asyncio() -> None:
     # the trap: asyncio leaves Nagle's algorithm on for uvicorn's worker socket
-    assert _accepted_nodelay(asyncio.new_event_loop, _uvicorn_worker_socket()) == 0
+    assert _accepted_nodelay(asyncio.new_event_loop, [_uvicorn_worker_socket()]) == [0]
     for n in (1, 2):
         sockets = listen_sockets("127.0.0.1", 0 if n == 1 else free_ports(1)[0], n)
         try:
-            assert all(_accepted_nodelay(asyncio.new_event_loop, s) == 1 for s in sockets)
+            assert _accepted_nodelay(asyncio.new_event_loop, sockets, 8) == [1] * 8
         finally:
             for s in sockets:
                 s.close()
@@ -80,7 +90,7 @@ def test_the_serving_event_loop_sets_tcp_nodelay_on_its_own() -> None:
     """The loop uvicorn builds for SERVE_LOOP disables Nagle even on uvicorn's socket."""
     factory = uvicorn.Config("inferwatch.asgi:create", loop=SERVE_LOOP).get_loop_factory()
     assert factory is not None
-    assert _accepted_nodelay(factory, _uvicorn_worker_socket()) == 1
+    assert _accepted_nodelay(factory, [_uvicorn_worker_socket()]) == [1]
 
 
 def test_reuseport_sockets_all_receive_connections() -> None:
