@@ -445,6 +445,7 @@ class Server:
                     "INFERWATCH_PORT": str(self.port),
                     "INFERWATCH_MODEL_DIR": str(model_dir),
                     "INFERWATCH_TRAIN_IF_MISSING": "false",
+                    "INFERWATCH_WORKERS": "1",  # one process on the server's one core
                     "INFERWATCH_AUDIT_SPOOL_DIR": str(self.spool),
                     "OMP_NUM_THREADS": "1",
                 }

@@ -130,9 +130,10 @@ VARIANTS: dict[str, Variant] = {
         ),
         Variant(
             "inferwatch",
-            "inferwatch serve (defaults), telemetry to the live collector, audit to "
-            "the live Postgres",
+            "inferwatch serve (defaults but one worker: one core, as every peer runs one), "
+            "telemetry to the live collector, audit to the live Postgres",
             "inferwatch",
+            env={"INFERWATCH_WORKERS": "1"},
         ),
         # not in the default run: a variant of a peer or of inferwatch is one line here
         Variant(
@@ -143,9 +144,9 @@ VARIANTS: dict[str, Variant] = {
         ),
         Variant(
             "iw-telemetry-off",
-            "inferwatch serve, telemetry off, audit to the live Postgres",
+            "inferwatch serve, one worker, telemetry off, audit to the live Postgres",
             "inferwatch",
-            env={"INFERWATCH_TELEMETRY_ENABLED": "false"},
+            env={"INFERWATCH_TELEMETRY_ENABLED": "false", "INFERWATCH_WORKERS": "1"},
         ),
     )
 }

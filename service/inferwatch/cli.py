@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -62,6 +61,41 @@ def ensure_model(settings: Settings) -> None:
         train_model(settings.model_dir, name=settings.model_name, version=settings.model_version)
 
 
+def parse_workers(text: str) -> int | Literal["auto"]:
+    """--workers: a number of processes (1-64), or ``auto`` (one per usable CPU)."""
+    if text == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        raise typer.BadParameter(f"a number or auto, not {text!r}") from None
+    if not 1 <= n <= 64:
+        raise typer.BadParameter(f"between 1 and 64, not {n}")
+    return n
+
+
+def worker_count(settings: Settings, option: str | None) -> int:
+    """How many worker processes `serve` runs: --workers, else INFERWATCH_WORKERS, else the
+    default; one while GET /metrics is served (OTLP export off), which a request for more
+    is refused with: Prometheus would scrape whichever worker the connection reached, a
+    different process's counters each time."""
+    from inferwatch.telemetry.setup import pull_endpoint_enabled
+    from inferwatch.workers import resolve_workers
+
+    explicit = option is not None or "workers" in settings.model_fields_set
+    n = resolve_workers(settings.workers if option is None else parse_workers(option))
+    if n > 1 and pull_endpoint_enabled(settings):
+        if explicit:
+            raise typer.BadParameter(
+                f"{n} workers need OTLP export: GET /metrics (INFERWATCH_OTLP_ENABLED=false or "
+                "INFERWATCH_METRICS_ENDPOINT=on) answers from one worker's meters, whichever "
+                "a scrape reaches",
+                param_hint="--workers",
+            )
+        return 1
+    return n
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -72,30 +106,41 @@ def serve(
         int | None,
         typer.Option(min=1, max=65535, help="port (overrides INFERWATCH_PORT)", show_default=False),
     ] = None,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    workers: Annotated[
+        str | None,
+        typer.Option(
+            help="worker processes: a number, or auto for one per CPU "
+            "(overrides INFERWATCH_WORKERS)",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Serve the model over HTTP (settings from INFERWATCH_* env vars; options win)."""
-    import uvicorn
+    from inferwatch.workers import ServeSpec, configure_logging
+    from inferwatch.workers import serve as serve_workers
 
     settings = Settings()
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    n_workers = worker_count(settings, workers)
+    configure_logging(log_level)
     ensure_model(settings)
-    uvicorn.run(
-        "inferwatch.asgi:create",
-        factory=True,
-        # only the listener reads these: each worker's app builds its own Settings
-        host=settings.host if host is None else host,
-        port=settings.port if port is None else port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
+    # only the listener reads host and port: each worker's app builds its own Settings
+    spec = ServeSpec(
         log_level=log_level,
-        access_log=False,
-        timeout_graceful_shutdown=10,
+        # a stop waits for the HTTP drain, the audit flush and the telemetry flush
+        stop_timeout_s=ServeSpec.timeout_graceful_shutdown
+        + settings.audit_shutdown_timeout_s
+        + settings.telemetry_shutdown_timeout_s
+        + 5,
     )
+    status = serve_workers(
+        spec,
+        settings.host if host is None else host,
+        settings.port if port is None else port,
+        n_workers,
+    )
+    if status:
+        raise typer.Exit(status)
 
 
 # subcommands owned by the audit and analysis packages

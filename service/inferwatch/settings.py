@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     environment: Literal["development", "test", "staging", "production"] = "development"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # worker processes of `inferwatch serve` (its --workers wins): a number, or "auto" for
+    # one per usable CPU. The default is measured (docs/decisions.md, "Worker processes");
+    # while GET /metrics is served (OTLP off) the default is 1 and more are refused.
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 2
     model_dir: Path = Path("models")
     model_name: str = "card-fraud"
     model_version: str | None = None  # None: the newest version in model_dir

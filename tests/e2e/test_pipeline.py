@@ -30,7 +30,7 @@ from inferwatch.inference.data import generate_transactions
 from inferwatch.telemetry import instruments as names
 from stack.launch import Stack
 from stack.procs import ROOT, poll
-from tests.fixtures.stack import Jaeger, Prom, span_tags, trace_id_hex
+from tests.fixtures.stack import SERVICE_ENV, Jaeger, Prom, span_tags, trace_id_hex
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
@@ -333,7 +333,7 @@ def _restart_service(
     value). So a few predictions are sent and seen first; the test's own come after.
     """
     stack.stop("service")
-    stack.options.service_env = {"INFERWATCH_ENVIRONMENT": "test", **env}
+    stack.options.service_env = {**SERVICE_ENV, **env}
     stack.start_service()
     traffic.process_ids = []
     traffic.send(3, threads=1)
