@@ -17,7 +17,7 @@ fastest round and shows every round's req/s.
 Besides wrk's figures, per cell: the connections each worker holds halfway through the
 run (``ss``: which worker the kernel gave each of wrk's keep-alive connections) and each
 worker's share of the service's CPU time. Any non-2xx response or socket error fails the
-run (exit status 2) after the table. The bench lock (bench/lock.py) keeps other benchmarks
+run (exit status 2) after the table. The bench lock (bench/common.py) keeps other benchmarks
 out meanwhile. Findings and a recorded run: docs/benchmarks.md ("Worker processes").
 """
 
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.lock import bench_lock  # noqa: E402  (after the path fix above)
+from bench.common import benchmark_lock  # noqa: E402  (after the path fix above)
 from bench.overhead import (  # noqa: E402
     CLK_TCK,
     N_BODIES,
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     cells: list[Cell] = []
     notes: list[str] = []
-    with bench_lock("bench.workers"):
+    with benchmark_lock("bench.workers"):
         info = machine()
         work = Path(tempfile.mkdtemp(prefix="inferwatch-workers-"))
         model_dir = work / "models"
