@@ -101,12 +101,29 @@ PROFILE_RATE = 250  # py-spy samples per second
 # --- the bare app ----------------------------------------------------------------------
 
 
-def create_bare() -> Any:
-    """The baseline: parse JSON, encode one row, ``predict_proba``. Nothing else.
+def _bare_app(lifespan: Any = None) -> FastAPI:
+    """A FastAPI app with its native telemetry switched off explicitly (it would stay off
+    anyway: no global providers exist in this process), and GET /healthz."""
+    app = FastAPI(
+        lifespan=lifespan,
+        telemetry={
+            "tracing": False,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "auto_configure": False,
+        },
+    )
 
-    FastAPI's native telemetry is switched off explicitly (it would stay off anyway: no
-    global providers exist in this process).
-    """
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def create_bare() -> Any:
+    """The baseline: parse JSON, encode one row, ``predict_proba``. Nothing else."""
     import orjson
     from threadpoolctl import threadpool_limits
 
@@ -117,19 +134,7 @@ def create_bare() -> Any:
     loaded = load_model(Path(os.environ["BENCH_MODEL_PATH"]))
     encoder = RowEncoder(loaded.metadata.feature_schema)
     estimator = loaded.estimator
-    app = FastAPI(
-        telemetry={
-            "tracing": False,
-            "metrics": False,
-            "logs": False,
-            "operation_spans": False,
-            "auto_configure": False,
-        }
-    )
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    app = _bare_app()
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> Response:
@@ -147,6 +152,7 @@ def create_bare_batched() -> Any:
     from contextlib import asynccontextmanager
 
     import orjson
+    from opentelemetry.metrics import NoOpMeterProvider
     from threadpoolctl import threadpool_limits
 
     from inferwatch.app import build_batcher
@@ -160,8 +166,6 @@ def create_bare_batched() -> Any:
     loaded = load_model(Path(os.environ["BENCH_MODEL_PATH"]))
     settings = Settings(telemetry_enabled=False, otlp_enabled=False)
     telemetry = build_telemetry(settings)  # no-op providers
-    from opentelemetry.metrics import NoOpMeterProvider
-
     instruments = ServiceInstruments.create(NoOpMeterProvider().get_meter("bench"))
     batcher = build_batcher(settings, Predictor(loaded), telemetry, instruments)
 
@@ -171,20 +175,7 @@ def create_bare_batched() -> Any:
         yield
         await batcher.stop()
 
-    app = FastAPI(
-        lifespan=lifespan,
-        telemetry={
-            "tracing": False,
-            "metrics": False,
-            "logs": False,
-            "operation_spans": False,
-            "auto_configure": False,
-        },
-    )
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    app = _bare_app(lifespan)
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> Response:
