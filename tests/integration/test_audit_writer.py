@@ -93,14 +93,17 @@ def test_payload_keys_are_sent_in_the_order_postgres_stores_them(audit_db: Audit
     assert list(enc.jsonb_order(obj)) == stored
 
 
-def test_outcomes_are_stored_once_per_identical_label(audit_db: AuditDb, tmp_path: Path) -> None:
+def test_outcomes_are_stored_once_per_receipt(audit_db: AuditDb, tmp_path: Path) -> None:
+    """A record written twice (a retry, a spool replay) is one row; a later receipt of a label
+    already seen (a flip back, 1 -> 0 -> 1) is a new row."""
     pid = new_id()
     now = datetime.now(UTC)
     by_id = OutcomeRecord(label=1, ts=now, prediction_id=pid, observed_at=now - timedelta(days=2))
     by_entity = OutcomeRecord(label=0, ts=now, entity_type="txn", entity_id=f"t-{pid}")
     correction = OutcomeRecord(label=0, ts=now + timedelta(seconds=1), prediction_id=pid)
+    flip_back = OutcomeRecord(label=1, ts=now + timedelta(seconds=2), prediction_id=pid)
     with running_writer(audit_db.writer_dsn, tmp_path) as w:
-        for r in (by_id, by_id, by_entity, by_entity, correction):
+        for r in (by_id, by_id, by_entity, by_entity, correction, flip_back, flip_back):
             w.submit(r)
     with psycopg.connect(audit_db.admin_dsn) as conn:
         rows = conn.execute(
@@ -112,6 +115,7 @@ def test_outcomes_are_stored_once_per_identical_label(audit_db: AuditDb, tmp_pat
         (None, "txn", f"t-{pid}", 0, now, None),
         (pid, None, None, 1, now, by_id.observed_at),
         (pid, None, None, 0, correction.ts, None),
+        (pid, None, None, 1, flip_back.ts, None),
     ]
 
 

@@ -135,12 +135,16 @@ def test_feedback_through_the_api_joins_idempotent_and_corrections(app: App) -> 
         ]
     }
     assert app.client.post("/v1/feedback", json=body).status_code == 202
-    assert app.client.post("/v1/feedback", json=body).status_code == 202  # a retry
+    assert app.client.post("/v1/feedback", json=body).status_code == 202  # a client's retry
     app.flush()
     ids = [uuid.UUID(p["prediction_id"]) for p in preds[:2]]
-    assert app.analyst("SELECT count(*) FROM outcomes WHERE prediction_id = ANY(%s)", (ids,)) == [
-        (2,)
-    ]
+    # every receipt is kept (two per prediction), and the effective label is unchanged
+    receipts = app.analyst(
+        "SELECT prediction_id, count(*), count(DISTINCT received_at) FROM outcomes"
+        " WHERE prediction_id = ANY(%s) GROUP BY 1",
+        (ids,),
+    )
+    assert sorted(receipts) == sorted([(ids[0], 2, 2), (ids[1], 2, 2)])
     # correction: a different label later wins, the first stays as history
     r = app.client.post(
         "/v1/feedback", json={"prediction_id": preds[0]["prediction_id"], "label": 1}
@@ -160,7 +164,64 @@ def test_feedback_through_the_api_joins_idempotent_and_corrections(app: App) -> 
     versions = app.analyst(
         "SELECT label_versions FROM prediction_outcomes WHERE prediction_id = %s", (ids[0],)
     )
-    assert versions == [(2,)]
+    assert versions == [(3,)]
+
+
+def test_a_label_that_flips_back_is_kept_and_the_latest_wins(app: App) -> None:
+    """0 -> 1 -> 0 by prediction_id, and 1 -> 0 -> 1 by entity: three rows each, last wins."""
+    tag = uuid.uuid4().hex[:8]
+    preds = _predict(app, 2, f"flip-{tag}-")
+    pid = preds[0]["prediction_id"]
+    entity = {"type": "txn", "id": f"flip-{tag}-1"}
+    for label in (0, 1, 0):
+        assert (
+            app.client.post("/v1/feedback", json={"prediction_id": pid, "label": label}).status_code
+            == 202
+        )
+    for label in (1, 0, 1):
+        assert (
+            app.client.post("/v1/feedback", json={"entity": entity, "label": label}).status_code
+            == 202
+        )
+    app.flush()
+    history = app.analyst(
+        "SELECT label FROM outcomes WHERE prediction_id = %s ORDER BY received_at",
+        (uuid.UUID(pid),),
+    )
+    assert history == [(0,), (1,), (0,)]
+    history = app.analyst(
+        "SELECT label FROM outcomes WHERE entity_id = %s ORDER BY received_at", (entity["id"],)
+    )
+    assert history == [(1,), (0,), (1,)]
+    got = app.analyst(
+        "SELECT entity_id, label, label_versions FROM prediction_outcomes"
+        " WHERE entity_id LIKE %s ORDER BY entity_id",
+        (f"flip-{tag}-%",),
+    )
+    assert got == [(f"flip-{tag}-0", 0, 3), (f"flip-{tag}-1", 1, 3)]
+
+
+def test_one_batch_with_two_labels_for_one_key_is_refused(app: App) -> None:
+    tag = uuid.uuid4().hex[:8]
+    preds = _predict(app, 1, f"conflict-{tag}-")
+    pid = preds[0]["prediction_id"]
+    body = {
+        "outcomes": [
+            {"prediction_id": pid, "label": 0},
+            {"entity": {"type": "txn", "id": f"conflict-{tag}-0"}, "label": 1},
+            {"prediction_id": pid, "label": 0},  # the same label twice: one receipt
+            {"prediction_id": pid, "label": 1},
+        ]
+    }
+    r = app.client.post("/v1/feedback", json=body)
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert [d["field"] for d in detail] == ["outcomes[3].label"]
+    assert "outcomes[0]" in detail[0]["problem"]
+    app.flush()
+    assert app.analyst(
+        "SELECT count(*) FROM outcomes WHERE prediction_id = %s", (uuid.UUID(pid),)
+    ) == [(0,)]
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,16 @@ predictions; it never reads the database. So:
 
 * a label may arrive before its prediction row is flushed, or days later: outcomes
   are joined at query time (view ``prediction_outcomes``), never at write time;
-* idempotent: the same label twice for the same key is one outcome (the writer's
-  unique key on key + label);
+* every receipt is kept: an outcome is stamped ``received_at`` here, once, and is
+  unique per key + label + received_at (migration 0003), so the writer's retries and
+  the spool's replays store it once while a later receipt is a new row, whatever its
+  label (a flip 0 -> 1 -> 0 keeps all three);
 * a different label later is a *correction*, not a conflict: the latest received
   wins in the views, earlier ones stay as history (docs/analysts.md says why we do
   not answer 409: that needs a synchronous read the writer role cannot do, and a
-  prediction that is not flushed yet would be a false "unknown").
+  prediction that is not flushed yet would be a false "unknown");
+* one batch shares one ``received_at``, so two different labels for the same key in
+  one batch have no "latest": that batch is refused (422 naming both items).
 
 Every client error is a 4xx in the service's error shape; the batch is all or
 nothing (all problems reported at once).
@@ -129,6 +133,24 @@ def validate_outcome(
     )
 
 
+def _conflicting_labels(records: Sequence[OutcomeRecord]) -> list[Problem]:
+    """Items of one batch that give the same key two different labels (one received_at)."""
+    first: dict[tuple[object, ...], tuple[int, int]] = {}
+    problems: list[Problem] = []
+    for i, rec in enumerate(records):
+        key = (rec.prediction_id, rec.entity_type, rec.entity_id)
+        seen = first.setdefault(key, (i, rec.label))
+        if seen[1] != rec.label:
+            problems.append(
+                Problem(
+                    f"outcomes[{i}].label",
+                    f"conflicts with outcomes[{seen[0]}].label ({seen[1]}) for the same "
+                    "prediction in one batch; send a correction in a later request",
+                )
+            )
+    return problems
+
+
 _OUTCOME_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -220,6 +242,8 @@ async def feedback(request: Request, runtime: RuntimeDep) -> Response:
         problems.extend(errs)
         if rec is not None:
             records.append(rec)
+    if batch and not problems:
+        problems = _conflicting_labels(records)
     if problems:
         raise ApiError(422, "validation", "invalid feedback", problems)
     for rec in records:
