@@ -253,6 +253,11 @@ def _install_openapi(app: FastAPI, runtime: Runtime) -> None:
         runtime.predictor.metadata.feature_schema, runtime.settings.max_string_length
     )
     bodies = predict.openapi_request_bodies(schema, runtime.settings.max_batch_size)
+    bodies["/v1/feedback"] = feedback.openapi_request_body(
+        runtime.settings.max_string_length,
+        runtime.predictor.metadata.classes,
+        runtime.settings.max_batch_size,
+    )
     original = FastAPI.openapi
 
     def openapi() -> dict[str, Any]:

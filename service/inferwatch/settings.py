@@ -7,17 +7,25 @@ the OpenTelemetry SDK, which reads them itself (README.md, "Configuration refere
 
 Secrets have no default that works in production: the database DSN and the analyst
 API key are unset by default, and ``environment=production`` refuses the
-development placeholders.
+development placeholders. Every secret (a ``SecretStr`` field) can instead come from a
+file: ``INFERWATCH_<NAME>_FILE=/run/secrets/...`` (the container-secrets convention); the
+file's text, without its trailing newline, is the value. Setting both is refused.
 """
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEV_PLACEHOLDER_SECRETS = frozenset({"changeme", "dev", "inferwatch", "password", "secret"})
 # a duration as the analysis job's options take it: 30s, 5m, 1.5h, 7d
@@ -32,8 +40,59 @@ class HttpInstrumentation(StrEnum):
     NONE = "none"
 
 
+ENV_PREFIX = "INFERWATCH_"
+FILE_SUFFIX = "_FILE"
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    return SecretStr in (field.annotation, *getattr(field.annotation, "__args__", ()))
+
+
+class SecretFilesSource(PydanticBaseSettingsSource):
+    """``INFERWATCH_<NAME>_FILE``: the secret ``<name>`` read from that file."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        var = f"{ENV_PREFIX}{field_name.upper()}{FILE_SUFFIX}"
+        path = os.environ.get(var)
+        if not path or not _is_secret(field):
+            return None, field_name, False
+        if os.environ.get(f"{ENV_PREFIX}{field_name.upper()}") is not None:
+            raise ValueError(f"both {ENV_PREFIX}{field_name.upper()} and {var} are set")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"{var}: cannot read {path}: {exc.strerror}") from None
+        return text.removesuffix("\n").removesuffix("\r"), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, name)
+            if value is not None:
+                out[key] = value
+        return out
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="INFERWATCH_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # arguments, then INFERWATCH_* variables, then INFERWATCH_*_FILE secret files
+        return (
+            init_settings,
+            env_settings,
+            SecretFilesSource(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
 
     # --- serving -----------------------------------------------------------------
     environment: Literal["development", "test", "staging", "production"] = "development"

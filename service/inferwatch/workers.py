@@ -50,9 +50,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import uvicorn
+
+from inferwatch.http_limits import BoundedHttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,8 @@ EXIT_STARTUP_FAILURE = 3
 # The event loop and HTTP parser of every worker: uvloop + httptools, the fastest pair
 # measured here; uvloop also sets TCP_NODELAY on each connection (see the module doc).
 SERVE_LOOP: Literal["uvloop"] = "uvloop"
-SERVE_HTTP: Literal["httptools"] = "httptools"
+# httptools with a deadline and a size cap on each request head (inferwatch.http_limits)
+SERVE_HTTP: Final = BoundedHttpToolsProtocol
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 # a worker that dies after it was ready is replaced, at most this often per socket
 RESTART_INTERVAL_S = 1.0

@@ -28,7 +28,7 @@ def test_the_main_command_carries_every_subcommand() -> None:
     assert set(click_app.commands) == {"train", "serve", "db", "drift", "load", "analysis-job"}
     db = click_app.commands["db"]
     assert isinstance(db, typer.core.TyperGroup)
-    assert set(db.commands) == {"migrate", "partitions", "roles", "replay"}
+    assert set(db.commands) == {"migrate", "partitions", "roles", "replay", "erase"}
 
 
 def test_db_options_fall_back_to_settings_and_the_command_line_wins(

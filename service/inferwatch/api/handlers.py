@@ -47,7 +47,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        return error_response(exc.status_code, "http_error", str(exc.detail))
+        # the exception's headers too: a 405 must name the allowed methods (``Allow``)
+        return error_response(exc.status_code, "http_error", str(exc.detail), (), exc.headers)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled server error on %s %s", request.method, request.url.path)

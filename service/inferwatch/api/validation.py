@@ -27,6 +27,33 @@ TOP_LEVEL_KEYS: Final = frozenset({"features", "entity", "request_id"})
 ENTITY_KEYS: Final = frozenset({"type", "id"})
 
 
+# a string without NUL (Postgres text cannot hold one), as a JSON Schema / query pattern
+NO_NUL_PATTERN: Final = "^[^\\u0000]*$"
+
+
+def string_json_schema(max_len: int) -> dict[str, Any]:
+    """What :func:`string_problem` accepts, as JSON Schema: non-empty, bounded, no NUL."""
+    return {"type": "string", "minLength": 1, "maxLength": max_len, "pattern": NO_NUL_PATTERN}
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """SCHEMA or null: an optional field sent as null counts as absent."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def entity_json_schema(max_string_length: int) -> dict[str, Any]:
+    """What :func:`validate_entity` accepts, as JSON Schema."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type", "id"],
+        "properties": {
+            "type": string_json_schema(ENTITY_TYPE_MAX),
+            "id": string_json_schema(max_string_length),
+        },
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     field: str
@@ -234,18 +261,12 @@ def feature_json_schema(schema: FeatureSchema, max_string_length: int) -> dict[s
                 "required": list(schema.names),
                 "properties": props,
             },
-            "entity": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["type", "id"],
-                "properties": {
-                    "type": {"type": "string", "minLength": 1, "maxLength": ENTITY_TYPE_MAX},
-                    "id": {"type": "string", "minLength": 1, "maxLength": max_string_length},
-                },
+            "entity": nullable(entity_json_schema(max_string_length))
+            | {
                 "description": "The caller's entity (e.g. transaction or account id), "
-                "kept in the audit row for outcome joins.",
+                "kept in the audit row for outcome joins."
             },
-            "request_id": {"type": "string", "minLength": 1, "maxLength": max_string_length},
+            "request_id": nullable(string_json_schema(max_string_length)),
         },
         "example": {
             "features": schema.example(),

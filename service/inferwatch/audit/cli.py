@@ -1,4 +1,4 @@
-"""``inferwatch db ...``: roles, migrations, partition maintenance, spool replay.
+"""``inferwatch db ...``: roles, migrations, partitions, spool replay, erasure.
 
 Run by an operator or a deploy step, never by the service itself (the service
 connects as ``inferwatch_writer``, which cannot run DDL). Typical order:
@@ -6,6 +6,7 @@ connects as ``inferwatch_writer``, which cannot run DDL). Typical order:
     inferwatch db roles --dsn "host=... dbname=inferwatch user=postgres"   # once, as an admin
     inferwatch db migrate --dsn "host=... dbname=inferwatch user=inferwatch_owner"  # every deploy
     inferwatch db partitions --dsn ...                                      # daily (cron)
+    inferwatch db erase --entity-type T --entity-id ID --dsn ...            # an erasure request
 
 An option left out takes its value from :class:`inferwatch.settings.Settings` (the
 ``INFERWATCH_*`` variable its help names); an option given on the command line wins.
@@ -182,3 +183,27 @@ def replay(
     typer.echo(f"spool {w.spool.slot}: {pending} records found, {left} left")
     if not ok:
         raise typer.Exit(1)
+
+
+@db_app.command()
+def erase(
+    entity_type: Annotated[str, typer.Option(help="the entity's type, as sent in requests")],
+    entity_id: Annotated[str, typer.Option(help="the entity's id, as sent in requests")],
+    dsn: DsnOpt = None,
+) -> None:
+    """Right to erasure: delete every prediction, outcome and replay of one entity."""
+    from inferwatch.audit.erase import erase_entity
+    from inferwatch.workers import configure_logging
+
+    configure_logging("info")
+    settings = Settings()
+    try:
+        res = erase_entity(
+            _dsn(dsn, settings.migrate_database_url, "INFERWATCH_MIGRATE_DATABASE_URL"),
+            entity_type,
+            entity_id,
+        )
+    except mig.MigrationError as exc:
+        _fail(str(exc))
+    replays = "no replays table" if res.replays is None else f"{res.replays} replays"
+    typer.echo(f"erased: {res.predictions} predictions, {res.outcomes} outcomes, {replays}")

@@ -79,7 +79,7 @@ def migrate(
     """Apply pending migrations, then create partitions ahead and drop expired ones."""
     migrations = load_migrations()
     with psycopg.connect(dsn) as conn:
-        _become_owner(conn)
+        become_owner(conn)
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -118,7 +118,7 @@ def maintain_partitions(
 ) -> tuple[int, int]:
     """Create daily partitions ``days_ahead`` ahead and drop those past retention."""
     with psycopg.connect(dsn) as conn:
-        _become_owner(conn)
+        become_owner(conn)
         return _maintain(conn, days_ahead, retention_days)
 
 
@@ -131,7 +131,7 @@ def _maintain(conn: psycopg.Connection[object], days_ahead: int, retention: int)
     return made, dropped
 
 
-def _become_owner(conn: psycopg.Connection[object]) -> None:
+def become_owner(conn: psycopg.Connection[object]) -> None:
     row = conn.execute(
         "SELECT current_user = %s, EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)"
         " AND pg_has_role(current_user, %s, 'MEMBER')",

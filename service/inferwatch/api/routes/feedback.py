@@ -36,7 +36,13 @@ from starlette.responses import Response
 from inferwatch.api.body import read_json
 from inferwatch.api.deps import RuntimeDep
 from inferwatch.api.errors import ApiError
-from inferwatch.api.validation import Problem, string_problem, validate_entity
+from inferwatch.api.validation import (
+    Problem,
+    entity_json_schema,
+    nullable,
+    string_problem,
+    validate_entity,
+)
 from inferwatch.audit.records import OutcomeRecord
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
@@ -151,57 +157,58 @@ def _conflicting_labels(records: Sequence[OutcomeRecord]) -> list[Problem]:
     return problems
 
 
-_OUTCOME_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["label"],
-    "properties": {
-        "prediction_id": {"type": "string", "format": "uuid"},
-        "entity": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["type", "id"],
-            "properties": {"type": {"type": "string"}, "id": {"type": "string"}},
+def outcome_json_schema(max_string_length: int, classes: Sequence[int]) -> dict[str, Any]:
+    """What :func:`validate_outcome` accepts, as JSON Schema (``observed_at`` may also not
+    lie more than MAX_CLOCK_SKEW in the future, which JSON Schema cannot say)."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["label"],
+        "properties": {
+            "prediction_id": nullable({"type": "string", "format": "uuid"}),
+            "entity": nullable(entity_json_schema(max_string_length)),
+            "label": {"type": "integer", "enum": list(classes), "description": "A class"},
+            "observed_at": nullable({"type": "string", "format": "date-time"})
+            | {"description": "When the outcome happened; not in the future"},
         },
-        "label": {"type": "integer", "description": "One of the model's classes"},
-        "observed_at": {"type": "string", "format": "date-time"},
-    },
-    "description": "Exactly one of prediction_id or entity.",
-}
-_BODY: dict[str, Any] = {
-    "requestBody": {
+        # exactly one of the two keys, and it not null
+        "oneOf": [
+            {"required": ["prediction_id"], "properties": {"prediction_id": {"type": "string"}}},
+            {"required": ["entity"], "properties": {"entity": {"type": "object"}}},
+        ],
+        "description": "Exactly one of prediction_id or entity.",
+    }
+
+
+def openapi_request_body(
+    max_string_length: int, classes: Sequence[int], batch_max: int
+) -> dict[str, Any]:
+    """The request body in the OpenAPI document, from the settings and the model's classes."""
+    one = outcome_json_schema(max_string_length, classes)
+    many = {
+        "type": "object",
+        "required": ["outcomes"],
+        "additionalProperties": False,
+        "properties": {
+            "outcomes": {"type": "array", "minItems": 1, "maxItems": batch_max, "items": one}
+        },
+    }
+    return {
         "required": True,
         "content": {
             "application/json": {
-                "schema": {
-                    "oneOf": [
-                        _OUTCOME_SCHEMA,
-                        {
-                            "type": "object",
-                            "required": ["outcomes"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "outcomes": {
-                                    "type": "array",
-                                    "minItems": 1,
-                                    "items": _OUTCOME_SCHEMA,
-                                }
-                            },
-                        },
-                    ]
-                },
+                "schema": {"oneOf": [one, many]},
                 "example": {"prediction_id": "01a20509-e480-72c0-810a-9c0bb09566e3", "label": 1},
             }
         },
     }
-}
 
 
 @router.post(
     "/feedback",
     status_code=202,
     responses=_ERRORS,
-    openapi_extra=_BODY,
+    # the request body: openapi_request_body, installed by the app with the runtime's values
     summary="Report the true label of predictions (one outcome, or {'outcomes': [...]})",
 )
 async def feedback(request: Request, runtime: RuntimeDep) -> Response:

@@ -11,6 +11,7 @@ without that DSN: 503 ``not_configured``.
 from __future__ import annotations
 
 import hmac
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 
@@ -21,7 +22,7 @@ from psycopg_pool import PoolTimeout
 from inferwatch.analysis.monitoring import MAX_WINDOW, Cursor, MonitoringStore
 from inferwatch.api.deps import RuntimeDep
 from inferwatch.api.errors import ApiError
-from inferwatch.api.validation import Problem
+from inferwatch.api.validation import NO_NUL_PATTERN, Problem
 
 router = APIRouter(prefix="/v1/monitoring", tags=["monitoring"])
 
@@ -55,6 +56,24 @@ async def monitoring_store(runtime: RuntimeDep) -> MonitoringStore:
 
 Store = Annotated[MonitoringStore, Depends(monitoring_store)]
 Authorized = Depends(require_analyst_key)
+
+# RFC 3339 date-time, the OpenAPI "date-time" format: a number is not a time here (a bare
+# datetime parameter would read one as a Unix timestamp, which the document does not say)
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+Instant = Annotated[str | None, Query(max_length=64, json_schema_extra={"format": "date-time"})]
+
+
+def _filter(max_length: int) -> Any:
+    return Query(max_length=max_length, pattern=NO_NUL_PATTERN)
+
+
+def _instant(name: str, raw: str | None) -> datetime | None:
+    if raw is None:
+        return None
+    if not _RFC3339.fullmatch(raw):
+        problem = Problem(name, "must be an RFC 3339 date-time with a timezone")
+        raise ApiError(422, "validation", "invalid window", [problem])
+    return datetime.fromisoformat(raw.upper())
 
 
 def _window(
@@ -93,11 +112,11 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
 )
 def latency(
     store: Store,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    model_version: Annotated[str | None, Query(max_length=128)] = None,
+    since: Instant = None,
+    until: Instant = None,
+    model_version: Annotated[str | None, _filter(128)] = None,
 ) -> dict[str, Any]:
-    lo, hi = _window(since, until, timedelta(hours=1))
+    lo, hi = _window(_instant("since", since), _instant("until", until), timedelta(hours=1))
     out: dict[str, Any] = _run(store.latency, lo, hi, model_version)
     return {"since": lo.isoformat(), "until": hi.isoformat(), "model_version": model_version, **out}
 
@@ -111,10 +130,10 @@ def latency(
 def predictions(
     store: Store,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=128)] = None,
-    model_version: Annotated[str | None, Query(max_length=128)] = None,
-    entity_type: Annotated[str | None, Query(max_length=64)] = None,
-    entity_id: Annotated[str | None, Query(max_length=256)] = None,
+    cursor: Annotated[str | None, _filter(128)] = None,
+    model_version: Annotated[str | None, _filter(128)] = None,
+    entity_type: Annotated[str | None, _filter(64)] = None,
+    entity_id: Annotated[str | None, _filter(256)] = None,
 ) -> dict[str, Any]:
     pos = None
     if cursor is not None:
@@ -123,18 +142,6 @@ def predictions(
         except ValueError:
             problem = Problem("cursor", "must be a next_cursor from a previous page")
             raise ApiError(422, "validation", "invalid cursor", [problem]) from None
-    for name, value in (
-        ("entity_type", entity_type),
-        ("entity_id", entity_id),
-        ("model_version", model_version),
-    ):
-        if value is not None and "\x00" in value:
-            raise ApiError(
-                422,
-                "validation",
-                "invalid filter",
-                [Problem(name, "must not contain NUL characters")],
-            )
     rows, nxt = _run(
         store.recent,
         limit=limit,
@@ -156,7 +163,7 @@ def predictions(
 )
 def distribution(
     store: Store,
-    model_version: Annotated[str | None, Query(max_length=128)] = None,
+    model_version: Annotated[str | None, _filter(128)] = None,
     bins: Annotated[int, Query(ge=2, le=100)] = 10,
 ) -> dict[str, Any]:
     lo, hi = _window(None, None, timedelta(hours=1))
