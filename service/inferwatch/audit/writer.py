@@ -79,6 +79,11 @@ _STAGE: Final = {
 _POISON: Final = (pgerrors.DataError, pgerrors.IntegrityError)
 _BACKOFF_MIN_S: Final = 0.2
 _BACKOFF_MAX_S: Final = 5.0
+# A statement of the writer that runs longer than this is cancelled by Postgres (a table
+# lock held, a server crawling): its batch goes to the durable spool instead of waiting in
+# memory behind it, and InferwatchAuditSpoolGrowing sees the slowness. A batch COPY takes
+# tens of milliseconds here (docs/benchmarks.md).
+STATEMENT_TIMEOUT_S: Final = 5.0
 _REPLAY_SEGMENTS_PER_TURN: Final = 1
 # how often a writer looks for orphaned spool slots (a glob of the spool directory)
 ADOPT_INTERVAL_S: Final = 5.0
@@ -378,6 +383,7 @@ class PostgresAuditWriter:
             kwargs={
                 "connect_timeout": max(1, int(self._connect_timeout_s)),
                 "application_name": "inferwatch-audit",
+                "options": f"-c statement_timeout={int(STATEMENT_TIMEOUT_S * 1000)}",
             },
             configure=configure_connection,
             check=ConnectionPool.check_connection,
