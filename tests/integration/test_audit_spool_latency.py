@@ -21,7 +21,7 @@ from inferwatch.audit.records import PredictionRecord
 from inferwatch.audit.writer import PostgresAuditWriter
 from tests.fixtures.audit import Metrics, make_prediction
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N = 60_000  # at most; the run stops once SEALS segments were sealed
 SEALS = 3
@@ -54,7 +54,7 @@ def test_submit_with_a_full_queue_is_bounded_while_segments_are_fsynced(
 
     def slow_fsync(fd: int) -> None:
         fsyncs[0] += 1
-        time.sleep(SLOW_FSYNC_S)
+        time.sleep(SLOW_FSYNC_S)  # not synchronisation: the slow disk itself
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", slow_fsync)
