@@ -312,11 +312,14 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
         _alert(
             slo,
             "InferwatchNoData",
-            f'absent_over_time(target_info{{job="{job}"}}[{nd["window"]}])',
+            # a gauge every service process exports at every interval, whatever the traffic;
+            # not target_info: the collector's span metrics (derived from the service's
+            # spans, under its service.name) keep that alive after the service died
+            f'absent_over_time({prom(names.AUDIT_QUEUE_DEPTH)}{{job="{job}"}}[{nd["window"]}])',
             "page",
             "No telemetry from the inferwatch service",
-            f"Prometheus has received no series from job={job} for {nd['window']}: the "
-            "service, the collector or the path between them is down.",
+            f"Prometheus has received no metrics from the service processes (job={job}) for "
+            f"{nd['window']}: the service, the collector or the path between them is down.",
             nd["for"],
         )
     )
