@@ -192,6 +192,9 @@ class Options:
     service_env: dict[str, str] = field(default_factory=dict)  # extra env for the service
     # time between two analysis runs (a duration: 30s, 5m); the demo uses a short one
     analysis_interval: str = field(default_factory=_default_analysis_interval)
+    # a folder of rule files Prometheus loads instead of prometheus/rules/ (tests: the
+    # overlay with short `for:` from prometheus/rules/generate.py --overlay)
+    rules_dir: str | None = None
 
 
 @dataclass
@@ -422,9 +425,14 @@ class Stack:
     def start_prometheus(self, deadline_s: float = 60) -> None:
         check_ports_free("prometheus", {"PROMETHEUS_PORT": self.ports.prometheus})
         self.prom_dir.mkdir(parents=True, exist_ok=True)
+        rules = (
+            Path(self.options.rules_dir)
+            if self.options.rules_dir
+            else ROOT / "prometheus" / "rules"
+        )
         for name, target in (
             ("prometheus.yml", ROOT / "prometheus" / "prometheus.yml"),
-            ("rules", ROOT / "prometheus" / "rules"),
+            ("rules", rules),
         ):
             link = self.prom_dir / name
             if link.is_symlink() or link.exists():

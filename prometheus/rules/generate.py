@@ -16,6 +16,12 @@ expression is `<native form> or <classic form>`; only one of them has data at a 
 
     python prometheus/rules/generate.py            # write
     python prometheus/rules/generate.py --check    # drift check
+    python prometheus/rules/generate.py --overlay DIR   # the test overlay, into DIR
+
+The test overlay (`overlay_slo`): the same rules from the same slo.yml with every alert's
+`for:` and its short windows cut to seconds, so a fault test sees the matching alert fire
+within its fault (tests/e2e/test_faults.py). It is written to a run folder of the test,
+never over the shipped rules.
 """
 
 from __future__ import annotations
@@ -306,11 +312,14 @@ def alert_rules(slo: dict[str, Any]) -> list[dict[str, Any]]:
         _alert(
             slo,
             "InferwatchNoData",
-            f'absent_over_time(target_info{{job="{job}"}}[{nd["window"]}])',
+            # a gauge every service process exports at every interval, whatever the traffic;
+            # not target_info: the collector's span metrics (derived from the service's
+            # spans, under its service.name) keep that alive after the service died
+            f'absent_over_time({prom(names.AUDIT_QUEUE_DEPTH)}{{job="{job}"}}[{nd["window"]}])',
             "page",
             "No telemetry from the inferwatch service",
-            f"Prometheus has received no series from job={job} for {nd['window']}: the "
-            "service, the collector or the path between them is down.",
+            f"Prometheus has received no metrics from the service processes (job={job}) for "
+            f"{nd['window']}: the service, the collector or the path between them is down.",
             nd["for"],
         )
     )
@@ -578,6 +587,46 @@ def render_tests(slo: dict[str, Any], scenarios: dict[str, Any]) -> str:
     return TESTS_HEADER + _dump(out)
 
 
+# The test overlay's durations: `for:` of every alert, and the windows that decide how soon
+# an alert can see a fault (a spool growing, no data, a stalled writer).
+OVERLAY_FOR = "5s"
+OVERLAY_WINDOW = "15s"
+
+
+def overlay_slo(
+    slo: dict[str, Any], for_: str = OVERLAY_FOR, window: str = OVERLAY_WINDOW
+) -> dict[str, Any]:
+    """slo.yml with short `for:` durations and alert windows (the SLO burn-rate windows and
+    every threshold unchanged): rules for tests that must see alerts fire within seconds."""
+    out = copy.deepcopy(slo)
+    out["latency"]["p99_for"] = for_
+    out["burn_for"] = {sev: for_ for sev in out["burn_for"]}
+    out["no_data"] = {"window": window, "for": for_}
+    out["collector"]["for"] = for_
+    out["microbatch"]["shed_for"] = for_
+    aud = out["audit"]
+    aud["spool_growing_window"] = window
+    aud["spool_growing_for"] = for_
+    aud["stalled_window"] = window
+    an = out["analysis"]
+    for key in ("drift_for", "quality_for", "stale_for"):
+        an[key] = "1m"  # whole minutes: their annotations quote a multiple of it
+    return out
+
+
+def write_overlay(directory: Path, slo: dict[str, Any] | None = None) -> list[Path]:
+    """The test overlay's rule files in `directory` (a folder Prometheus loads instead of
+    prometheus/rules/); the paths written."""
+    over = overlay_slo(slo if slo is not None else load_slo())
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in ((OUT_FILE.name, render(over)), (ANALYSIS_FILE.name, render_analysis(over))):
+        path = directory / name
+        path.write_text(text.replace("-- do not edit by hand.", "-- TEST OVERLAY (short for:).", 1))
+        written.append(path)
+    return written
+
+
 def load_slo(path: Path = SLO_FILE) -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(path.read_text())
     return data
@@ -586,8 +635,15 @@ def load_slo(path: Path = SLO_FILE) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="fail if the committed file drifted")
+    ap.add_argument(
+        "--overlay", type=Path, metavar="DIR", help="write the test overlay (short for:) to DIR"
+    )
     args = ap.parse_args(argv)
     slo = load_slo()
+    if args.overlay is not None:
+        for p in write_overlay(args.overlay, slo):
+            print(f"wrote {p}")
+        return 0
     scenarios = yaml.safe_load(SCENARIOS_FILE.read_text())
     outputs = {
         OUT_FILE: render(slo),

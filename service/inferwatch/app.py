@@ -35,7 +35,7 @@ from inferwatch.api.runtime import Runtime
 from inferwatch.api.validation import InstanceValidator, feature_json_schema
 from inferwatch.audit.sink import AuditSink
 from inferwatch.inference.batcher import BatchTelemetry, MicroBatcher
-from inferwatch.inference.loading import LoadedModel, find_model, load_model
+from inferwatch.inference.loading import LoadedModel, ModelLoadError, find_model, load_model
 from inferwatch.inference.predictor import Predictor
 from inferwatch.settings import HttpInstrumentation, Settings
 from inferwatch.telemetry import instruments as names
@@ -155,7 +155,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         threadpool_limits(limits=settings.inference_threads)
-        loaded = model or resolve_model(settings)
+        try:
+            loaded = model or resolve_model(settings)
+        except (ModelLoadError, ModelNotFoundError) as exc:  # no half-loaded model, ever
+            log.error("refusing to start: %s", exc)
+            raise
         telemetry = build_telemetry(
             settings, span_processors=span_processors, metric_readers=metric_readers
         )

@@ -119,3 +119,39 @@ def test_every_alert_is_labelled_annotated_and_in_the_runbook() -> None:
         assert re.fullmatch(r"https://\S+/docs/runbook\.md", base), base
         assert url.startswith(f"{base}#"), url
         assert url.split("#", 1)[1] in anchors, f"{url}: no such section in docs/runbook.md"
+
+
+@pytest.mark.integration
+def test_the_test_overlay_shortens_only_durations(tmp_path: Path) -> None:
+    """`generate.py --overlay DIR`: promtool accepts it; the same alerts with the same
+    severities, every `for:` at most the overlay's; the shipped rules untouched."""
+    before = {f: f.read_text() for f in RULE_FILES}
+    proc = run(sys.executable, PROM / "rules" / "generate.py", "--overlay", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    written = sorted(tmp_path.glob("*.yml"))
+    assert [f.name for f in written] == [f.name for f in RULE_FILES]
+    check = run(promtool(), "check", "rules", *written)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    def by_key(files: list[Path]) -> dict[tuple[str, str], dict[str, Any]]:
+        out = {}
+        for f in files:
+            for group in yaml.safe_load(f.read_text())["groups"]:
+                for r in group["rules"]:
+                    if "alert" in r:
+                        out[(r["alert"], r["labels"]["severity"])] = r
+        return out
+
+    shipped, overlay = by_key(RULE_FILES), by_key(written)
+    assert shipped.keys() == overlay.keys()
+    assert {k for k, r in shipped.items() if "for" in r} == {
+        k for k, r in overlay.items() if "for" in r
+    }
+    analysis = {
+        r["alert"]
+        for r in yaml.safe_load((PROM / "rules" / "analysis.yml").read_text())["groups"][0]["rules"]
+    }
+    for key, rule in overlay.items():
+        if "for" in rule:  # the analysis job's alerts: whole minutes (their annotations)
+            assert rule["for"] == ("1m" if key[0] in analysis else "5s"), key
+    assert {f: f.read_text() for f in RULE_FILES} == before

@@ -6,7 +6,11 @@ or when no database is configured; replayed in order once Postgres answers.
 Layout: ``<spool_dir>/slot-N/`` (one slot per live process, held by an exclusive
 ``flock`` on ``slot-N/lock``, so several workers never share segments; a restarted
 process takes the first free slot and replays what it holds) containing
-``seg-<16-digit sequence>.log`` segments and ``deadletter.log``.
+``seg-<16-digit sequence>.log`` segments and ``deadletter.log``. A slot whose owner died
+and that no new process took (a worker killed while the others live, a service restarted
+with fewer workers) is an orphan: a live process claims it with the same non-blocking
+``flock`` (``claim_orphan``), replays it and lets go, so two processes never replay one
+slot and a process starting meanwhile simply takes another slot.
 
 A segment is a sequence of frames, each one ``write(2)`` call::
 
@@ -20,7 +24,10 @@ fsync policy (see docs/audit.md): a frame is in the kernel's page cache when
 ``append`` returns, so it survives the process being killed (SIGKILL, OOM); the
 writer thread fsyncs the active segment at most every flush interval, and every
 segment before it is sealed, so a machine crash loses at most one flush interval
-of spooled records. A segment is deleted only after all its frames are committed
+of spooled records. No fsync ever runs under the lock that ``append`` takes: request
+threads append when the in-memory queue is full, and an fsync of a sealed 8 MB segment
+(or of the directory) must not stall them (``tests/integration/test_audit_spool_latency.py``
+measures the bound). A segment is deleted only after all its frames are committed
 in Postgres; replays are idempotent, so a crash in between only replays it again.
 """
 
@@ -105,8 +112,10 @@ class Spool:
         self.root = Path(directory)
         self.segment_bytes = segment_bytes
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # appends (request threads): never held over an fsync
         self._sync_lock = threading.Lock()
+        self._dead_lock = threading.Lock()
+        self._dir_dirty = False  # a segment was created since the directory's last fsync
         self.slot: Path | None = None
         self._lock_fd: int | None = None
         self._fd: int | None = None  # the active segment
@@ -150,8 +159,10 @@ class Spool:
             )
 
     def close(self) -> None:
-        with self._sync_lock, self._lock:
-            self._close_active()
+        with self._sync_lock:
+            with self._lock:
+                fd = self._detach_active()
+            _fsync_close(fd)
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
@@ -178,8 +189,11 @@ class Spool:
                 # never leave a torn frame in front of later ones
                 try:
                     os.ftruncate(self._fd, before)
-                except OSError:
-                    self._close_active()
+                except OSError:  # drop the segment's descriptor (no fsync under this lock)
+                    fd = self._detach_active()
+                    if fd is not None:
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
                 raise
             self._active_size = before + len(frame)
             self._dirty = True
@@ -192,23 +206,33 @@ class Spool:
         """Keep tuples Postgres refused, for forensics (they are counted as dropped)."""
         assert self.slot is not None
         frame = encode_frame(kind, tuples, self._clock())
-        with self._lock, open(self.slot / "deadletter.log", "ab") as f:
+        with self._dead_lock, open(self.slot / "deadletter.log", "ab") as f:
             f.write(frame)
             f.flush()
             os.fsync(f.fileno())
 
     def sync(self) -> None:
-        """fsync the active segment if anything was appended since the last sync."""
+        """fsync the active segment if anything was appended since the last sync (and the
+        directory if a segment was created since)."""
         with self._sync_lock:
             with self._lock:
                 fd, dirty, self._dirty = self._fd, self._dirty, False
+                dir_dirty, self._dir_dirty = self._dir_dirty, False
             if fd is not None and dirty:
                 os.fsync(fd)
+            if dir_dirty:
+                self._fsync_dir()
 
     def seal(self) -> None:
-        """Close the active segment so it can be replayed; the next append starts anew."""
-        with self._sync_lock, self._lock:
-            self._close_active()
+        """Close the active segment so it can be replayed; the next append starts anew.
+        The fsync runs after the lock is released: appends go to the next segment."""
+        with self._sync_lock:
+            with self._lock:
+                fd = self._detach_active()
+                dir_dirty, self._dir_dirty = self._dir_dirty, False
+            _fsync_close(fd)
+            if dir_dirty:
+                self._fsync_dir()
 
     # --- replaying ------------------------------------------------------------------
     def sealed_segments(self) -> list[Path]:
@@ -229,6 +253,25 @@ class Spool:
         with self._lock:
             self._segments.pop(path, None)
 
+    def claim_orphan(self) -> OrphanSlot | None:
+        """Another slot with segments whose owner is gone (its lock is free), now locked by
+        us; None when there is none. The caller replays it and calls ``release``."""
+        own = self.slot
+        for slot in sorted(self.root.glob("slot-*")):
+            if slot == own or not any(slot.glob("seg-*.log")):
+                continue
+            try:
+                fd = os.open(slot / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # a live process owns it (or another adopter got there first)
+                os.close(fd)
+                continue
+            return OrphanSlot(slot, fd)
+        return None
+
     # --- gauges ---------------------------------------------------------------------
     @property
     def pending_records(self) -> int:
@@ -247,14 +290,14 @@ class Spool:
         self._active = self.slot / f"seg-{self._seq:016d}.log"
         self._fd = os.open(self._active, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._active_size = 0
-        self._fsync_dir()
+        self._dir_dirty = True  # the next sync or seal fsyncs the directory, not this call
 
-    def _close_active(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.fsync(self._fd)
-            os.close(self._fd)
+    def _detach_active(self) -> int | None:
+        """Forget the active segment; its descriptor, for the caller to fsync and close
+        once the lock is released."""
+        fd = self._fd
         self._fd, self._active, self._active_size, self._dirty = None, None, 0, False
+        return fd
 
     def should_roll(self) -> bool:
         with self._lock:
@@ -273,3 +316,40 @@ class Spool:
             pass
         finally:
             os.close(fd)
+
+
+def _fsync_close(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+        os.close(fd)
+
+
+class OrphanSlot:
+    """A dead process's spool slot, its lock held by us until ``release``."""
+
+    def __init__(self, slot: Path, lock_fd: int) -> None:
+        self.slot = slot
+        self._lock_fd: int | None = lock_fd
+
+    def segments(self) -> list[Path]:
+        """Its segments, oldest first (read after the lock was taken: complete)."""
+        return sorted(self.slot.glob("seg-*.log"))
+
+    def read(self, path: Path) -> list[Frame]:
+        return list(iter_frames(path.read_bytes()))
+
+    def remove(self, path: Path) -> None:
+        """Delete a segment whose frames are all committed in Postgres."""
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            fd = os.open(self.slot, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

@@ -19,6 +19,10 @@ One background thread ("inferwatch-audit") does everything else:
   spooled too, and its replay is idempotent;
 - when Postgres answers and the spool holds records, replays the spool segment by
   segment, oldest first, deleting a segment only once all of it is committed;
+- every ``adopt_interval_s``, while Postgres answers, claims a slot of the spool that
+  a dead process left behind and no process took over (``Spool.claim_orphan``: its
+  ``flock``, so no two processes replay one slot) and replays it the same way, so a
+  killed worker's records reach Postgres without anyone running ``inferwatch db replay``;
 - a batch Postgres refuses for its data (class 22/23) is bisected down to the
   refused records, which go to the dead-letter file, counted as dropped and logged
   with their ids: one bad record never blocks the others;
@@ -75,7 +79,14 @@ _STAGE: Final = {
 _POISON: Final = (pgerrors.DataError, pgerrors.IntegrityError)
 _BACKOFF_MIN_S: Final = 0.2
 _BACKOFF_MAX_S: Final = 5.0
+# A statement of the writer that runs longer than this is cancelled by Postgres (a table
+# lock held, a server crawling): its batch goes to the durable spool instead of waiting in
+# memory behind it, and InferwatchAuditSpoolGrowing sees the slowness. A batch COPY takes
+# tens of milliseconds here (docs/benchmarks.md).
+STATEMENT_TIMEOUT_S: Final = 5.0
 _REPLAY_SEGMENTS_PER_TURN: Final = 1
+# how often a writer looks for orphaned spool slots (a glob of the spool directory)
+ADOPT_INTERVAL_S: Final = 5.0
 
 
 def _copy_sql(table: str, columns: Sequence[str]) -> bytes:
@@ -112,6 +123,7 @@ class PostgresAuditWriter:
         segment_bytes: int | None = None,
         copy_workers: int = 2,
         pool_factory: Callable[[str], ConnectionPool[Any]] | None = None,
+        adopt_interval_s: float = ADOPT_INTERVAL_S,
     ) -> None:
         self._dsn = dsn
         self._policy = policy or PrivacyPolicy()
@@ -136,6 +148,8 @@ class PostgresAuditWriter:
         self._closed = False
         self._retry_at = 0.0
         self._backoff_s = _BACKOFF_MIN_S
+        self._adopt_interval_s = adopt_interval_s
+        self._next_adopt = 0.0
         self._ins = AuditInstruments.create(meter)
         meter.create_observable_gauge(
             AUDIT_QUEUE_DEPTH,
@@ -224,6 +238,7 @@ class PostgresAuditWriter:
                     self._wait_workers()
                     break
                 self._maybe_replay()
+                self._maybe_adopt()
                 now = time.monotonic()
                 if now >= next_sync:
                     next_sync = now + self._flush_interval_s
@@ -325,6 +340,38 @@ class PostgresAuditWriter:
             self._ins.batch_duration.record(time.perf_counter() - t0)
             log.info("audit spool: replayed %d records from %s", n, path.name)
 
+    def _maybe_adopt(self) -> None:
+        """Replay one orphaned slot (another process's, dead), if there is one."""
+        now = time.monotonic()
+        if self._pool is None or now < self._next_adopt or not self._db_may_work():
+            return
+        self._next_adopt = now + self._adopt_interval_s
+        orphan = self.spool.claim_orphan()
+        if orphan is None:
+            return
+        try:
+            for path in orphan.segments():
+                frames = orphan.read(path)
+                try:
+                    for fr in frames:
+                        self._write(fr.kind, enc.split_tuples(fr.payload), idempotent=True)
+                except DatabaseUnavailable as exc:
+                    self._db_failed(exc)
+                    return
+                self._db_ok()
+                orphan.remove(path)
+                n = sum(fr.nrows for fr in frames)
+                self._ins.replayed.add(n)
+                self._ins.written.add(n)
+                log.info(
+                    "audit spool: adopted %s of a dead process: replayed %d records from %s",
+                    orphan.slot.name,
+                    n,
+                    path.name,
+                )
+        finally:
+            orphan.release()
+
     # --- Postgres -----------------------------------------------------------------------
     def _default_pool(self, dsn: str) -> ConnectionPool[Any]:
         pool: ConnectionPool[Any] = ConnectionPool(
@@ -336,6 +383,7 @@ class PostgresAuditWriter:
             kwargs={
                 "connect_timeout": max(1, int(self._connect_timeout_s)),
                 "application_name": "inferwatch-audit",
+                "options": f"-c statement_timeout={int(STATEMENT_TIMEOUT_S * 1000)}",
             },
             configure=configure_connection,
             check=ConnectionPool.check_connection,
