@@ -364,3 +364,21 @@ def test_rows_the_spool_replays_after_an_outage_are_counted(
     assert (sources.profiled_buckets, sources.scanned, n) == (2, [], 600)
     assert_same(refs, got, want)
     assert profiles.rollup(db.analyst_dsn, refs, key, settle=SETTLE).buckets == 0
+
+
+def test_whole_days_come_from_day_profiles(
+    audit_db: AuditDb, refs: list[drift.FeatureReference]
+) -> None:
+    """Days are summed from their hours: a window over a day and a half merges one day
+    profile, the hours around it, and scans the partial hours at both ends."""
+    day = profiles.floor_bucket(datetime.now(UTC), profiles.DAY) - 2 * profiles.DAY
+    fill(audit_db.writer_dsn, "p-days", day - 3 * HOUR, 30, 40, seed=300)
+    key = profiles.Key("card-fraud", "p-days")
+    res = profiles.rollup(audit_db.analyst_dsn, refs, key, settle=SETTLE)
+    assert res.coarse_buckets >= 2
+    since, until = day - 2 * HOUR - timedelta(minutes=13), day + 26 * HOUR + timedelta(minutes=7)
+    want, want_rows = raw(audit_db, refs, "p-days", since, until)
+    got, rows, sources = merged(audit_db, refs, "p-days", since, until)
+    assert sources.profiled == {"1d": 1, "1h": 4}
+    assert rows == want_rows == 8 + 28 * 40 + 5  # rows every 1.5 min: from :47, 28 h, to :07
+    assert_same(refs, got, want)

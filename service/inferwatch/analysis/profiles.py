@@ -48,6 +48,8 @@ DEFAULT_WIDTH: Final = timedelta(hours=1)
 DEFAULT_SETTLE: Final = timedelta(minutes=5)
 DEFAULT_HORIZON: Final = timedelta(days=31)
 MAX_BUCKETS_PER_CALL: Final = 24  # one roll-up transaction: at most this many buckets
+# the coarse level: whole days of a window cost one profile each (summed from the hours)
+DAY: Final = timedelta(days=1)
 
 Conn = psycopg.Connection[Any]
 
@@ -113,6 +115,13 @@ class Key:
     def params(self, fp: str) -> dict[str, Any]:
         return {"name": self.model_name, "version": self.model_version, "w": self.width, "fp": fp}
 
+    def levels(self) -> list[Key]:
+        """The widths profiles exist at, coarse first: a day (summed from the buckets of
+        ``width``) when ``width`` is shorter, then ``width``."""
+        if self.width >= DAY:
+            return [self]
+        return [Key(self.model_name, self.model_version, DAY), self]
+
 
 # Buckets of [lo, hi) that have no profile under the reference, or whose rows include some
 # ingested after the watermark and after (their roll-up - settle): those a profile may miss.
@@ -167,6 +176,7 @@ class RollupResult:
     buckets: int = 0
     rows: int = 0
     seconds: float = 0.0
+    coarse_buckets: int = 0  # days summed from their buckets
     closed_through: datetime | None = None
 
 
@@ -214,6 +224,24 @@ def rollup(
                 "SELECT inferwatch_drift_profile_watermark(%s, %s, %s, %s, %s)",
                 (key.model_name, key.model_version, key.width, fp, through),
             )
+        # days: every bucket of a closed day in the horizon is current now; sum them
+        for coarse in key.levels()[:-1]:
+            c_lo, c_hi = ceil_bucket(lo, coarse.width), floor_bucket(through, coarse.width)
+            conn.autocommit = True
+            days = outdated_buckets(conn, coarse, fp, c_lo, c_hi, settle)
+            conn.autocommit = False
+            for a, b in runs(days, coarse.width, 7):
+                with conn.transaction():
+                    conn.execute(
+                        "SELECT inferwatch_merge_drift_profiles(%s, %s, %s, %s, %s, %s, %s)",
+                        (key.model_name, key.model_version, key.width, coarse.width, fp, a, b),
+                    )
+                result.coarse_buckets += int((b - a) / coarse.width)
+            with conn.transaction():
+                conn.execute(
+                    "SELECT inferwatch_drift_profile_watermark(%s, %s, %s, %s, %s)",
+                    (key.model_name, key.model_version, coarse.width, fp, through),
+                )
     result.seconds = time.perf_counter() - started
     return result
 
@@ -225,12 +253,16 @@ def rollup(
 class WindowSources:
     """Where a window's counts came from."""
 
-    profiled_buckets: int = 0
+    profiled: dict[str, int] = field(default_factory=dict)  # width -> profiles merged
     scanned: list[tuple[datetime, datetime]] = field(default_factory=list)
+
+    @property
+    def profiled_buckets(self) -> int:
+        return sum(self.profiled.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "profiled_buckets": self.profiled_buckets,
+            "profiles": self.profiled,
             "scanned": [[a.isoformat(), b.isoformat()] for a, b in self.scanned],
         }
 
@@ -289,19 +321,11 @@ def window_histograms(
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     try:
         with conn.transaction():
-            first, last = ceil_bucket(since, key.width), floor_bucket(until, key.width)
             ranges = [(since, until)]
-            if use_profiles and first < last:
+            if use_profiles:
                 fp = fingerprint(conn, refs)
-                skip = outdated_buckets(conn, key, fp, first, last, settle)
-                sources.profiled_buckets = int((last - first) / key.width) - len(skip)
-                if sources.profiled_buckets:
-                    cur = conn.execute(
-                        _MERGE, {**key.params(fp), "lo": first, "hi": last, "skip": skip}
-                    )
-                    for row in cur.fetchall():
-                        put(*row)
-                ranges = [(since, first), *runs(skip, key.width, 10**9), (last, until)]
+                for level in key.levels():  # coarse first; what is left goes one level down
+                    ranges = _from_profiles(conn, level, fp, ranges, settle, sources, put)
             sources.scanned = _merge(ranges)
             the_spec = Jsonb(spec(refs))
             for a, b in sources.scanned:
@@ -314,6 +338,42 @@ def window_histograms(
         hists[feature].grid_sum[cell] = float(total)
     rows = max((h.n + h.missing for h in hists.values()), default=0)
     return hists, rows, sources
+
+
+def _from_profiles(
+    conn: Conn,
+    key: Key,
+    fp: str,
+    ranges: list[tuple[datetime, datetime]],
+    settle: timedelta,
+    sources: WindowSources,
+    put: Any,
+) -> list[tuple[datetime, datetime]]:
+    """Add the current profiles of ``key``'s whole buckets in ``ranges``; the rest of them."""
+    rest: list[tuple[datetime, datetime]] = []
+    for since, until in ranges:
+        first, last = ceil_bucket(since, key.width), floor_bucket(until, key.width)
+        if first >= last:
+            rest.append((since, until))
+            continue
+        skip = outdated_buckets(conn, key, fp, first, last, settle)
+        n = int((last - first) / key.width) - len(skip)
+        if n:
+            label = _width_label(key.width)
+            sources.profiled[label] = sources.profiled.get(label, 0) + n
+            params = {**key.params(fp), "lo": first, "hi": last, "skip": skip}
+            for row in conn.execute(_MERGE, params).fetchall():
+                put(*row)
+        rest += [(since, first), *runs(skip, key.width, 10**9), (last, until)]
+    return _merge(rest)
+
+
+def _width_label(width: timedelta) -> str:
+    s = int(width.total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if s % size == 0:
+            return f"{s // size}{unit}"
+    return f"{s}s"
 
 
 def _merge(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:

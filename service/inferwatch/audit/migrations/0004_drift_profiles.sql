@@ -57,7 +57,9 @@ CREATE TABLE drift_profile_watermarks (
     PRIMARY KEY (model_name, model_version, bucket_width, fingerprint)
 );
 
--- The counts. feature + bin + cell as the scan groups them: numeric bin = PSI bin index
+-- The counts (no foreign key to drift_profile_buckets: only the functions below write
+-- both, in one transaction, and a per-row key check doubled the roll-up's cost).
+-- feature + bin + cell as the scan groups them: numeric bin = PSI bin index
 -- (width_bucket on the edges, as text), cell = percentile cell (width_bucket on the grid);
 -- categorical bin = the value as text, cell NULL; bin NULL = missing (JSON null or a value
 -- of the wrong type). tail_sum: the exact sum of the values of cell 0 and of the last cell.
@@ -71,9 +73,7 @@ CREATE TABLE drift_profiles (
     bin           text        NULL,
     cell          integer     NULL,
     n             bigint      NOT NULL,
-    tail_sum      numeric     NULL,
-    FOREIGN KEY (model_name, model_version, bucket_width, fingerprint, bucket_start)
-        REFERENCES drift_profile_buckets ON DELETE CASCADE
+    tail_sum      numeric     NULL
 );
 -- the key, and the merge's access path (index-only: n and tail_sum included)
 CREATE UNIQUE INDEX drift_profiles_key ON drift_profiles
@@ -147,6 +147,23 @@ AS $fn$
     SELECT encode(sha256(convert_to(p_spec::text, 'UTF8')), 'hex');
 $fn$;
 
+-- Deletes the profiles (and bucket rows) of [p_from, p_to): the roll-ups' first step.
+CREATE FUNCTION inferwatch_drift_profiles_clear(
+    p_model_name text, p_model_version text, p_width interval, p_fingerprint text,
+    p_from timestamptz, p_to timestamptz)
+RETURNS void
+LANGUAGE sql
+AS $fn$
+    DELETE FROM drift_profiles d
+    WHERE d.model_name = p_model_name AND d.model_version = p_model_version
+      AND d.bucket_width = p_width AND d.fingerprint = p_fingerprint
+      AND d.bucket_start >= p_from AND d.bucket_start < p_to;
+    DELETE FROM drift_profile_buckets b
+    WHERE b.model_name = p_model_name AND b.model_version = p_model_version
+      AND b.bucket_width = p_width AND b.fingerprint = p_fingerprint
+      AND b.bucket_start >= p_from AND b.bucket_start < p_to;
+$fn$;
+
 -- (Re)builds the profiles of every bucket in [p_from, p_to) of one model version against a
 -- registered reference, in the caller's transaction: replaces what was there (idempotent),
 -- empty buckets included. Buckets must be aligned, closed, and at most a day wide, dividing
@@ -178,10 +195,8 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown drift reference %', p_fingerprint;
     END IF;
-    DELETE FROM drift_profile_buckets b
-    WHERE b.model_name = p_model_name AND b.model_version = p_model_version
-      AND b.bucket_width = p_width AND b.fingerprint = p_fingerprint
-      AND b.bucket_start >= p_from AND b.bucket_start < p_to;
+    PERFORM inferwatch_drift_profiles_clear(p_model_name, p_model_version, p_width,
+                                            p_fingerprint, p_from, p_to);
     INSERT INTO drift_profile_buckets
     SELECT p_model_name, p_model_version, p_width, p_fingerprint, g.b,
            coalesce(c.rows, 0), c.max_ingested_at, now()
@@ -201,6 +216,66 @@ BEGIN
     SELECT coalesce(sum(b.rows), 0) INTO total FROM drift_profile_buckets b
     WHERE b.model_name = p_model_name AND b.model_version = p_model_version
       AND b.bucket_width = p_width AND b.fingerprint = p_fingerprint
+      AND b.bucket_start >= p_from AND b.bucket_start < p_to;
+    RETURN total;
+END
+$fn$;
+
+-- (Re)builds the profiles of the coarse buckets (e.g. days) in [p_from, p_to) by summing
+-- the fine ones (e.g. hours), which must all be there: a window's whole days then cost one
+-- profile each instead of 24. A coarse bucket's rolled_at is the oldest of its fine ones',
+-- so that the outdated-bucket check (rows ingested after it) stays conservative.
+CREATE FUNCTION inferwatch_merge_drift_profiles(
+    p_model_name text, p_model_version text, p_fine interval, p_coarse interval,
+    p_fingerprint text, p_from timestamptz, p_to timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public
+AS $fn$
+DECLARE
+    origin constant timestamptz := '2000-01-01 00:00:00+00';
+    fine   bigint := extract(epoch FROM p_fine)::bigint;
+    coarse bigint := extract(epoch FROM p_coarse)::bigint;
+    have   bigint;
+    total  bigint;
+BEGIN
+    IF fine < 60 OR coarse <= fine OR coarse % fine <> 0 OR coarse > 86400
+       OR extract(epoch FROM p_coarse) <> coarse THEN
+        RAISE EXCEPTION 'coarse width % must be a multiple of % up to a day', p_coarse, p_fine;
+    END IF;
+    IF p_to <= p_from OR date_bin(p_coarse, p_from, origin) <> p_from
+       OR date_bin(p_coarse, p_to, origin) <> p_to THEN
+        RAISE EXCEPTION 'range [%, %) is not a run of whole buckets of %', p_from, p_to, p_coarse;
+    END IF;
+    SELECT count(*) INTO have FROM drift_profile_buckets b
+    WHERE b.model_name = p_model_name AND b.model_version = p_model_version
+      AND b.bucket_width = p_fine AND b.fingerprint = p_fingerprint
+      AND b.bucket_start >= p_from AND b.bucket_start < p_to;
+    IF have <> extract(epoch FROM p_to - p_from)::bigint / fine THEN
+        RAISE EXCEPTION 'buckets of % missing in [%, %)', p_fine, p_from, p_to;
+    END IF;
+    PERFORM inferwatch_drift_profiles_clear(p_model_name, p_model_version, p_coarse,
+                                            p_fingerprint, p_from, p_to);
+    INSERT INTO drift_profile_buckets
+    SELECT p_model_name, p_model_version, p_coarse, p_fingerprint,
+           date_bin(p_coarse, b.bucket_start, origin), sum(b.rows), max(b.max_ingested_at),
+           min(b.rolled_at)
+    FROM drift_profile_buckets b
+    WHERE b.model_name = p_model_name AND b.model_version = p_model_version
+      AND b.bucket_width = p_fine AND b.fingerprint = p_fingerprint
+      AND b.bucket_start >= p_from AND b.bucket_start < p_to
+    GROUP BY 5;
+    INSERT INTO drift_profiles
+    SELECT p_model_name, p_model_version, p_coarse, p_fingerprint,
+           date_bin(p_coarse, d.bucket_start, origin), d.feature, d.bin, d.cell, sum(d.n),
+           sum(d.tail_sum)
+    FROM drift_profiles d
+    WHERE d.model_name = p_model_name AND d.model_version = p_model_version
+      AND d.bucket_width = p_fine AND d.fingerprint = p_fingerprint
+      AND d.bucket_start >= p_from AND d.bucket_start < p_to
+    GROUP BY 5, 6, 7, 8;
+    SELECT coalesce(sum(b.rows), 0) INTO total FROM drift_profile_buckets b
+    WHERE b.model_name = p_model_name AND b.model_version = p_model_version
+      AND b.bucket_width = p_coarse AND b.fingerprint = p_fingerprint
       AND b.bucket_start >= p_from AND b.bucket_start < p_to;
     RETURN total;
 END
@@ -226,6 +301,10 @@ $fn$;
 REVOKE ALL ON FUNCTION inferwatch_drift_counts(jsonb, text, text, interval, timestamptz,
                                                timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION inferwatch_drift_reference(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION inferwatch_drift_profiles_clear(text, text, interval, text,
+                                                       timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION inferwatch_merge_drift_profiles(text, text, interval, interval, text,
+                                                       timestamptz, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION inferwatch_drift_profile_watermark(text, text, interval, text,
                                                           timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION inferwatch_rollup_drift_profiles(text, text, interval, text,
@@ -233,6 +312,9 @@ REVOKE ALL ON FUNCTION inferwatch_rollup_drift_profiles(text, text, interval, te
 GRANT EXECUTE ON FUNCTION inferwatch_drift_counts(jsonb, text, text, interval, timestamptz,
                                                   timestamptz) TO inferwatch_analyst;
 GRANT EXECUTE ON FUNCTION inferwatch_drift_reference(jsonb) TO inferwatch_analyst;
+GRANT EXECUTE ON FUNCTION inferwatch_merge_drift_profiles(text, text, interval, interval, text,
+                                                          timestamptz, timestamptz)
+    TO inferwatch_analyst;
 GRANT EXECUTE ON FUNCTION inferwatch_drift_profile_watermark(text, text, interval, text,
                                                              timestamptz) TO inferwatch_analyst;
 GRANT EXECUTE ON FUNCTION inferwatch_rollup_drift_profiles(text, text, interval, text,
