@@ -382,3 +382,29 @@ def test_whole_days_come_from_day_profiles(
     assert sources.profiled == {"1d": 1, "1h": 4}
     assert rows == want_rows == 8 + 28 * 40 + 5  # rows every 1.5 min: from :47, 28 h, to :07
     assert_same(refs, got, want)
+
+
+def test_the_summary_view_counts_values_beyond_the_training_range(
+    audit_db: AuditDb, refs: list[drift.FeatureReference], filled: str
+) -> None:
+    """drift_profile_summary (0102), as the analyst reads it, against the raw scan's cells."""
+    since, until = T0 + 2 * HOUR, T0 + 3 * HOUR
+    want, _ = raw(audit_db, refs, filled, since, until)
+    with psycopg.connect(audit_db.analyst_dsn) as conn:
+        fp = profiles.fingerprint(conn, refs)
+        got = {
+            f: (n, missing, below, above)
+            for f, n, missing, below, above in conn.execute(
+                "SELECT feature, n, missing, below_training_min, above_training_max"
+                " FROM drift_profile_summary WHERE model_version = %s AND fingerprint = %s"
+                " AND bucket_width = '1 hour' AND bucket_start = %s",
+                (filled, fp, since),
+            ).fetchall()
+        }
+    for r in refs:
+        h = want[r.name]
+        m = len(r.grid) if isinstance(r, drift.NumericReference) else -1
+        expected = (h.n, h.missing, h.grid.get(0, 0), h.grid.get(m, 0))
+        assert got[r.name] == expected, r.name
+    assert got["credit_utilization"][3] > 0  # the rows above the training maximum
+    assert got["account_age_days"][2] > 0  # and below the minimum
