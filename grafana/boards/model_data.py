@@ -249,7 +249,8 @@ LIMIT 200
             .thresholds_style(dashed()),
             "PSI per feature",
             "Population stability index of each feature's latest window against the training "
-            "profile, per analysis run. The dashed line is the job's PSI threshold "
+            "profile, per analysis run (counted from the hourly drift profiles plus a scan of "
+            "the hours not profiled yet). The dashed line is the job's PSI threshold "
             "(docs/drift.md). Bad: a feature above the line run after run.",
             "none",
             promql(_gauge(names.DRIFT_PSI, "feature"), "{{model_version}} {{feature}}"),

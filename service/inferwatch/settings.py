@@ -169,6 +169,10 @@ class Settings(BaseSettings):
     # time between two runs of `inferwatch analysis-job` (drift + quality gauges); its
     # --interval overrides. The native demo and compose's demo set a short one.
     analysis_interval: str = Field("5m", pattern=DURATION_PATTERN)
+    # drift profiles (docs/drift.md, "Profiles"): the bucket width (whole seconds, a minute
+    # to a day, dividing a day) and how far back the analysis job's roll-up profiles buckets
+    drift_profile_width: str = Field("1h", pattern=DURATION_PATTERN)
+    drift_profile_horizon: str = Field("31d", pattern=DURATION_PATTERN)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from opentelemetry.metrics import NoOpMeterProvider
 from psycopg.types.json import Jsonb
 
+from inferwatch.analysis import drift, store
 from inferwatch.app import create_app
 from inferwatch.audit.writer import PostgresAuditWriter
 from inferwatch.inference import data
@@ -276,7 +277,13 @@ def test_feedback_malformed_and_oversized(app: App) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/v1/monitoring/latency", "/v1/monitoring/predictions", "/v1/monitoring/distribution"]
+    "path",
+    [
+        "/v1/monitoring/latency",
+        "/v1/monitoring/predictions",
+        "/v1/monitoring/distribution",
+        "/v1/monitoring/drift",
+    ],
 )
 @pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": KEY + "x"}])
 def test_monitoring_requires_the_analyst_key(app: App, path: str, headers: dict[str, str]) -> None:
@@ -340,3 +347,34 @@ def test_monitoring_answers_from_the_audit_table(app: App) -> None:
         app.client.get("/v1/monitoring/predictions", headers=h, params={"limit": 0}).status_code
         == 422
     )
+
+
+def test_monitoring_drift_counts_what_was_served(app: App, model: LoadedModel) -> None:
+    """GET /v1/monitoring/drift: the served version's drift over a window, from profiles
+    and a scan (here the open hour: a scan), with the same counts as the raw scan."""
+    _predict(app, 30, f"drift-{uuid.uuid4().hex[:8]}-", seed=6)
+    app.flush()
+    until = datetime.now(UTC) + timedelta(seconds=1)
+    since = until - timedelta(hours=2)
+    r = app.client.get(
+        "/v1/monitoring/drift",
+        headers={"X-API-Key": KEY},
+        params={"since": since.isoformat(), "until": until.isoformat()},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    meta = model.metadata
+    refs = drift.parse_profile(meta.reference_profile)
+    with psycopg.connect(app.db.analyst_dsn) as conn:
+        hists, rows = store.drift_histograms(
+            conn, refs, model_version=meta.version, since=since, until=until
+        )
+    assert body["model_version"] == meta.version
+    assert body["rows"] == rows >= 30
+    assert {f["feature"]: f["n"] for f in body["features"]} == {
+        name: h.n for name, h in hists.items()
+    }
+    assert body["sources"]["scanned"]
+    too_long = {"since": (until - timedelta(days=40)).isoformat(), "until": until.isoformat()}
+    r = app.client.get("/v1/monitoring/drift", headers={"X-API-Key": KEY}, params=too_long)
+    assert r.status_code == 422

@@ -9,8 +9,9 @@ Per feature, two statistics (defaults and why: docs/drift.md):
 
 * PSI against the reference bins saved with the model (every feature). Empty bins
   are clipped to ``PSI_EPSILON`` on both sides, as is usual, so PSI stays finite.
-  The same number is computed in SQL (what the report shows) and by
-  :func:`psi_from_counts` (what tests compare it with).
+  The report computes it with :func:`psi_from_counts` from the window's counts
+  (profiles + scan, ``profiles.py``); the raw scan (``sql/drift_histograms.sql``)
+  computes the same number in SQL, which tests compare.
 * numeric: a *trimmed, normalised Wasserstein-1 distance*
   ``∫_{t}^{1-t} |Q_ref(u) - Q_win(u)| du / scale``, both quantile functions
   piecewise-linear on the grid of the reference's percentiles (101 points), the

@@ -6,10 +6,15 @@ Runs as its own process (``inferwatch analysis-job``), not inside the service:
   audit table for the same answer and export duplicate, conflicting gauges;
 * the drift query costs seconds of Postgres time per million rows and the quality
   join more; none of that may compete with predictions for CPU or the GIL;
-* least privilege: it connects as the analyst role (SELECT only), which the serving
-  process neither has nor needs;
+* least privilege: it connects as the analyst role (SELECT, and EXECUTE on the drift
+  profile roll-up of migration 0004, the only way anyone but the owner writes profiles),
+  which the serving process neither has nor needs;
 * it can crash, be rescheduled or lag without touching request latency, and its
   staleness is itself a metric (``inferwatch.analysis.last_success``).
+
+Each run first rolls up the drift profiles of closed buckets (``profiles.rollup``: new
+ones, and those late rows landed in), then computes drift over the window from them
+(docs/decisions.md, "Drift profiles", says why the roll-up runs here).
 
 Gauges are observable: each export reports the latest completed run. Attributes are
 bounded: model name and version, feature (from the model's schema, ~16) and
@@ -22,7 +27,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -32,7 +37,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
-from inferwatch.analysis.drift import DriftThresholds
+from inferwatch.analysis import profiles
+from inferwatch.analysis.drift import DriftThresholds, parse_profile
 from inferwatch.analysis.runner import AnalysisResult, analyse, quality_only
 from inferwatch.inference.metadata import ModelMetadata
 from inferwatch.telemetry import instruments as names
@@ -58,6 +64,11 @@ class JobConfig:
     interval: timedelta = timedelta(minutes=5)
     thresholds: DriftThresholds = field(default_factory=DriftThresholds)
     exclude: Sequence[str] = ()
+    # drift profiles: bucket width, how far back the roll-up looks, the settle margin
+    profile_width: timedelta = profiles.DEFAULT_WIDTH
+    profile_horizon: timedelta = profiles.DEFAULT_HORIZON
+    profile_settle: timedelta = profiles.DEFAULT_SETTLE
+    privacy: Mapping[str, str] = field(default_factory=dict)  # audit policy: no profile
 
 
 class AnalysisGauges:
@@ -146,6 +157,14 @@ def run_once(
     now: datetime | None = None,
 ) -> AnalysisResult:
     now = now or datetime.now(UTC)
+    rolled = rollup_profiles(dsn, meta, cfg)
+    log.info(
+        "drift profiles of %s: %d buckets rolled up (%d rows) in %.2fs",
+        cfg.model_version,
+        rolled.buckets,
+        rolled.rows,
+        rolled.seconds,
+    )
     drift_part = analyse(
         dsn,
         meta,
@@ -154,6 +173,9 @@ def run_once(
         until=now,
         thresholds=cfg.thresholds,
         exclude=cfg.exclude,
+        privacy=cfg.privacy,
+        profile_width=cfg.profile_width,
+        profile_settle=cfg.profile_settle,
     )
     quality = (
         drift_part.quality
@@ -162,9 +184,17 @@ def run_once(
             dsn, meta, model_version=cfg.model_version, since=now - cfg.quality_window, until=now
         )
     )
-    result = AnalysisResult(drift_part.drift, quality)
+    result = AnalysisResult(drift_part.drift, quality, drift_part.sources)
     gauges.update(meta, cfg.model_version, result)
     return result
+
+
+def rollup_profiles(dsn: str, meta: ModelMetadata, cfg: JobConfig) -> profiles.RollupResult:
+    """Profiles of the watched version's closed buckets, of the features the privacy
+    policy keeps."""
+    refs = profiles.privacy_kept(parse_profile(meta.reference_profile), cfg.privacy)
+    key = profiles.Key(meta.name, cfg.model_version, cfg.profile_width)
+    return profiles.rollup(dsn, refs, key, settle=cfg.profile_settle, horizon=cfg.profile_horizon)
 
 
 def run_forever(

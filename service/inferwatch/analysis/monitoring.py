@@ -1,4 +1,4 @@
-"""Queries behind GET /v1/monitoring/*: latency, recent predictions, distribution.
+"""Queries behind GET /v1/monitoring/*: latency, recent predictions, distribution, drift.
 
 Runs as the analyst role (SELECT only) through a small pool that the app's lifespan
 opens and closes (:meth:`MonitoringStore.open`, :meth:`MonitoringStore.close`). All SQL
@@ -18,6 +18,10 @@ from typing import Any, Final
 
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
+
+from inferwatch.analysis import drift as drift_stats
+from inferwatch.analysis import profiles
+from inferwatch.inference.metadata import ModelMetadata
 
 MAX_WINDOW: Final = timedelta(days=31)
 
@@ -151,3 +155,33 @@ class MonitoringStore:
                 {"lower": i / bins, "upper": (i + 1) / bins, "count": hist[i]} for i in range(bins)
             ],
         }
+
+    def drift(
+        self,
+        meta: ModelMetadata,
+        since: datetime,
+        until: datetime,
+        *,
+        privacy: dict[str, str],
+        width: timedelta,
+        thresholds: drift_stats.DriftThresholds,
+    ) -> dict[str, Any]:
+        """Drift of the served version over any window up to MAX_WINDOW: the drift profiles
+        of its whole buckets + a scan of the rest (``profiles.window_histograms``)."""
+        refs = drift_stats.parse_profile(meta.reference_profile)
+        kept = profiles.privacy_kept(refs, privacy)
+        key = profiles.Key(meta.name, meta.version, width)
+        with self._pool.connection() as conn:
+            hists, rows, sources = profiles.window_histograms(
+                conn, kept, key, since=since, until=until
+            )
+        report = drift_stats.evaluate(
+            refs,
+            hists,
+            thresholds,
+            model_version=meta.version,
+            since=since.isoformat(),
+            until=until.isoformat(),
+            rows=rows,
+        )
+        return {**report.to_dict(), "sources": sources.to_dict()}

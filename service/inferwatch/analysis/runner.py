@@ -1,20 +1,21 @@
 """One drift + quality run over a window: the CLI and the periodic job both call this.
 
 Reads the reference profile and decision threshold from the model's metadata, asks
-Postgres for the window's histograms and quality counts (as the analyst role), and
+Postgres for the window's histograms (the drift profiles of its whole buckets + a scan of
+the rest, ``profiles.window_histograms``) and quality counts (as the analyst role), and
 evaluates them. No presentation here.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from inferwatch.analysis import drift, store
+from inferwatch.analysis import drift, profiles, store
 from inferwatch.analysis.quality import Quality, quality_from_counts
 from inferwatch.inference.metadata import ModelMetadata
 
@@ -39,6 +40,7 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
 class AnalysisResult:
     drift: drift.DriftReport
     quality: Quality
+    sources: profiles.WindowSources | None = None  # where the drift counts came from
 
 
 Step = Callable[[str], None]
@@ -54,14 +56,28 @@ def analyse(
     thresholds: drift.DriftThresholds | None = None,
     exclude: Sequence[str] = (),
     step: Step = lambda _: None,
+    privacy: Mapping[str, str] | None = None,
+    profile_width: timedelta = profiles.DEFAULT_WIDTH,
+    profile_settle: timedelta = profiles.DEFAULT_SETTLE,
+    use_profiles: bool = True,
 ) -> AnalysisResult:
+    """``privacy``: the audit privacy policy's rules; features it drops or hashes are not
+    counted (verdict "insufficient data")."""
     refs = drift.parse_profile(metadata.reference_profile)
     thresholds = thresholds or drift.DriftThresholds()
+    kept = profiles.privacy_kept(refs, privacy or {})
+    key = profiles.Key(metadata.name, model_version, profile_width)
     with psycopg.connect(dsn, connect_timeout=10) as conn:
         conn.read_only = True
-        step("drift histograms and PSI (SQL)")
-        hists, rows = store.drift_histograms(
-            conn, refs, model_version=model_version, since=since, until=until
+        step("drift histograms (profiles + scan)")
+        hists, rows, sources = profiles.window_histograms(
+            conn,
+            kept,
+            key,
+            since=since,
+            until=until,
+            settle=profile_settle,
+            use_profiles=use_profiles,
         )
         step("quality on labeled rows (SQL)")
         counts = store.quality_counts(
@@ -82,7 +98,7 @@ def analyse(
         rows=rows,
         exclude=exclude,
     )
-    return AnalysisResult(report, quality_from_counts(counts, metadata.decision_threshold))
+    return AnalysisResult(report, quality_from_counts(counts, metadata.decision_threshold), sources)
 
 
 def quality_only(

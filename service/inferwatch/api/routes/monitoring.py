@@ -1,4 +1,4 @@
-"""GET /v1/monitoring/{latency,predictions,distribution}: read-only views of the audit table.
+"""GET /v1/monitoring/{latency,predictions,distribution,drift}: read-only views of the audit table.
 
 They expose feature payloads, so each requires the analyst API key in ``X-API-Key``
 (compared in constant time). No key configured, a missing key or a wrong one: 401,
@@ -19,7 +19,10 @@ import psycopg
 from fastapi import APIRouter, Depends, Query, Request
 from psycopg_pool import PoolTimeout
 
+from inferwatch.analysis.drift import DriftThresholds
 from inferwatch.analysis.monitoring import MAX_WINDOW, Cursor, MonitoringStore
+from inferwatch.analysis.profiles import check_width
+from inferwatch.analysis.runner import parse_when
 from inferwatch.api.deps import RuntimeDep
 from inferwatch.api.errors import ApiError
 from inferwatch.api.validation import NO_NUL_PATTERN, Problem
@@ -169,3 +172,31 @@ def distribution(
     lo, hi = _window(None, None, timedelta(hours=1))
     out: dict[str, Any] = _run(store.distribution, lo, hi, model_version, bins)
     return {"since": lo.isoformat(), "until": hi.isoformat(), "model_version": model_version, **out}
+
+
+@router.get(
+    "/drift",
+    dependencies=[Authorized],
+    responses=_ERRORS,
+    summary="Drift of the served model version over a window (up to 31 days), from profiles",
+)
+def drift(
+    store: Store,
+    runtime: RuntimeDep,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> dict[str, Any]:
+    lo, hi = _window(since, until, timedelta(hours=1))
+    settings = runtime.settings
+    now = parse_when("now")
+    width = check_width(now - parse_when("-" + settings.drift_profile_width, now))
+    out: dict[str, Any] = _run(
+        store.drift,
+        runtime.predictor.metadata,
+        lo,
+        hi,
+        privacy=dict(settings.audit_privacy),
+        width=width,
+        thresholds=DriftThresholds(),
+    )
+    return out
