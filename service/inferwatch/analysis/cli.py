@@ -110,6 +110,7 @@ def drift(
     steps = [
         "drift histograms and PSI (SQL)",
         "quality on labeled rows (SQL)",
+        "quality estimate (SQL)",
         "statistics and verdicts",
     ]
     columns = (
@@ -142,7 +143,7 @@ def drift(
     except psycopg.Error as exc:
         err.print(f"[red]database error: {type(exc).__name__}: {str(exc).strip()[:300]}[/]")
         raise typer.Exit(2) from None
-    rpt.print_report(out, result.drift, result.quality)
+    rpt.print_report(out, result.drift, result.quality, result.estimate)
     paths = rpt.write_plots(result.drift, out_dir) if plots else []
     for p in paths:
         err.print(f"wrote {p}")
@@ -150,6 +151,7 @@ def drift(
         doc = {
             "drift": result.drift.to_dict(),
             "quality": result.quality.to_dict(),
+            "estimate": result.estimate.to_dict() if result.estimate else None,
             "plots": [str(p) for p in paths],
         }
         sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
