@@ -37,7 +37,7 @@ def test_cells_and_rows_give_the_same_estimate() -> None:
     p = rng.choice([0.05, 0.2, 0.5, 0.8], size=1_000)
     pred = rng.random(1_000) < 0.3
     by_row = estimate_from_cells(p, pred, np.ones(1_000), threshold=0.5, calibration=IDENTITY)
-    keys, counts = np.unique(np.stack([p, pred]), axis=1, return_counts=True)
+    keys, counts = np.unique(np.vstack([p, pred]), axis=1, return_counts=True)
     by_cell = estimate_from_cells(
         keys[0], keys[1].astype(bool), counts, threshold=0.5, calibration=IDENTITY
     )

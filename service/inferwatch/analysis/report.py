@@ -83,8 +83,8 @@ def quality_table(q: Quality) -> Table:
 def estimate_table(e: Estimate, realized: Quality | None) -> Table:
     """The estimate beside the realized metrics of the window's labeled rows."""
     table = Table(
-        title=f"Estimated quality (CBPE) at threshold {e.threshold:g} · {e.rows} predictions, "
-        f"calibrated on {e.reference_rows} labeled reference rows",
+        title=f"Estimated quality (CBPE) at threshold {e.threshold:g} · {e.rows} predictions "
+        f"· calibrated on {e.reference_rows} labeled rows",
         title_justify="left",
     )
     table.add_column("metric")
@@ -99,7 +99,7 @@ def estimate_table(e: Estimate, realized: Quality | None) -> Table:
         table.add_row(name, _fmt(est), _fmt(real))
     table.add_row(
         "TP / FP / TN / FN",
-        f"{e.tp:.1f} / {e.fp:.1f} / {e.tn:.1f} / {e.fn:.1f}",
+        f"{e.tp:.0f} / {e.fp:.0f} / {e.tn:.0f} / {e.fn:.0f}",
         f"{r.tp} / {r.fp} / {r.tn} / {r.fn}" if r else "—",
     )
     return table
