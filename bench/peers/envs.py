@@ -44,6 +44,13 @@ PEER_ENVS: dict[str, PeerEnv] = {
         # MLServer 1.7.1 fails to start with uvloop 0.23 ("There is no current event loop")
         "uvloop held at 0.21 (MLServer 1.7.1 does not start with 0.23)",
     ),
+    # not a server: bench/cbpe.py runs NannyML's CBPE in it (bench/cbpe_nannyml.py)
+    "nannyml": PeerEnv(
+        "nannyml",
+        ("nannyml==0.13.1", "pandas==2.2.3", "statsmodels==0.15.0"),
+        # `import nannyml` fails without statsmodels, which its metadata does not list
+        "statsmodels added (nannyml imports it, does not declare it); pandas pinned",
+    ),
 }
 # What a run prints of each env's `pip freeze` (besides the pins).
 REPORTED = ("uvicorn", "starlette", "fastapi", "uvloop", "httptools", "pandas", "grpcio")

@@ -3,8 +3,8 @@ audit rows behind it.
 
 For the ML engineer and the analyst: class mix and predicted probabilities per model version,
 drift per feature and the dataset verdict (the gauges of `inferwatch analysis-job`), realized
-precision / recall once labels arrive, and panels on the audit table (as the read-only analyst
-role) down to single predictions, each linked to its trace.
+precision / recall once labels arrive (estimated before they do), and panels on the audit
+table (as the read-only analyst role) down to single predictions, each linked to its trace.
 
 SQL panels filter by `$__timeFilter(ts)` on the partitioned, BRIN-indexed `predictions.ts`
 (directly or through the `prediction_outcomes` view, whose rows keep the prediction's ts), and
@@ -55,7 +55,8 @@ A drift ticket or a quality alert: the verdict timeline says which features drif
 since when; PSI and the second statistic say by how much (a single feature far above its
 line, or many slightly). The class mix and the probability quantiles say whether the model's
 output moved with them. Realized precision and recall say whether it got worse, but only as
-far as labels cover (label coverage panels; recent hours are always thin). For single
+far as labels cover (label coverage panels; recent hours are always thin); for those hours
+the estimated quality says what to expect, as long as only the inputs moved. For single
 cases, the latest-predictions table lists the audit rows; a trace id opens the request's
 trace. An analysis age above its line means the job is not running: the gauges are stale."""
 VERDICT = value_map({"0": ("no drift", "green"), "1": ("drift", "red")})
@@ -350,6 +351,37 @@ LIMIT 200
             "percentunit",
             promql(_gauge(names.QUALITY_LABEL_COVERAGE), "{{model_version}}"),
             w=12,
+        ),
+    )
+
+    panels.row("Estimated quality (drift window, before labels)")
+    panels.add(
+        panel(
+            timeseries.Panel()
+            .legend(legend("lastNotNull", "min"))
+            .min(0)
+            .max(1)
+            .thresholds(
+                thresholds(
+                    (None, "red"),
+                    (float(analysis["precision_floor"]), "orange"),
+                    (float(analysis["recall_floor"]), "green"),
+                )
+            )
+            .thresholds_style(dashed()),
+            "Estimated precision, recall and ROC AUC (CBPE)",
+            "The analysis job's estimate for every prediction of the drift window, labeled "
+            "or not: the model's scores calibrated on its labeled holdout, then expected "
+            "TP/FP/FN (docs/drift.md, estimated quality). Right under covariate shift, blind "
+            "to concept shift: the realized panel above has the last word once labels come. "
+            "Bad: an estimate under a dashed floor (the same floors as realized quality) "
+            "hours before the labels can show it; or estimate and realized far apart over "
+            "the same days (the relation of score to fraud changed).",
+            "percentunit",
+            promql(_gauge(names.QUALITY_ESTIMATED_PRECISION), "precision {{model_version}}"),
+            promql(_gauge(names.QUALITY_ESTIMATED_RECALL), "recall {{model_version}}"),
+            promql(_gauge(names.QUALITY_ESTIMATED_ROC_AUC), "ROC AUC {{model_version}}"),
+            w=24,
         ),
     )
     return dash

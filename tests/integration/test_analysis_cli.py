@@ -159,12 +159,16 @@ def test_drift_cli_shifted_window(
     r = _drift(audit_db, model_dir, stream["t1"], stream["t2"], tmp_path, "--fail-on-drift")
     assert r.exit_code == 1, r.output
     assert "DRIFT" in r.stdout
+    assert "Estimated quality (CBPE)" in r.stdout
     r = _drift(audit_db, model_dir, stream["t1"], stream["t2"], tmp_path, "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert sorted(doc["drift"]["drifted"]) == ["distance_from_home_km", "merchant_category"]
     assert doc["drift"]["dataset_drift"] is True
     assert doc["quality"]["labeled"] == stream["shifted"].labels_posted
+    # the estimate covers every prediction of the window, labeled or not
+    assert doc["estimate"]["rows"] == 1_200
+    assert 0.0 < doc["estimate"]["roc_auc"] <= 1.0
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [
         "drift_distance_from_home_km.png",
         "drift_merchant_category.png",

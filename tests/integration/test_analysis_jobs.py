@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from inferwatch.analysis.estimate import Calibration
 from inferwatch.analysis.jobs import (
     AnalysisGauges,
     JobConfig,
@@ -97,3 +98,34 @@ def test_job_exports_drift_and_quality_gauges(audit_db: AuditDb) -> None:
     ((precision, _),) = points[names.QUALITY_PRECISION]
     assert precision == result.quality.precision
     provider.shutdown()
+
+
+def test_job_exports_the_quality_estimate_of_its_window(audit_db: AuditDb) -> None:
+    rows, _ = data.generate_transactions(600, seed=78)
+    probs = np.random.default_rng(2).beta(1, 6, len(rows))
+    start = datetime.now(UTC) - timedelta(minutes=20)
+    insert_predictions(
+        audit_db.writer_dsn, rows, model_version="v-est", start=start, probabilities=probs.tolist()
+    )
+    # identity calibration: the expected counts are sums of the scores themselves
+    identity = Calibration(scores=(0.0, 1.0), probabilities=(0.0, 1.0), rows=2, positives=1)
+    calibrated = _metadata().model_copy(update={"calibration": identity.to_dict()})
+    pred = probs >= calibrated.decision_threshold
+    for meta, exported in ((calibrated, True), (_metadata(), False)):
+        reader = InMemoryMetricReader()
+        provider = meter_provider([reader])
+        gauges = AnalysisGauges(provider.get_meter("test"))
+        run_once(audit_db.analyst_dsn, meta, JobConfig(model_version="v-est"), gauges)
+        points = _points(reader)
+        provider.shutdown()
+        if not exported:  # metadata without a calibration: no estimate, the rest as before
+            assert names.QUALITY_ESTIMATED_PRECISION not in points
+            assert points[names.ANALYSIS_ROWS][0][0] == 600
+            continue
+        ((precision, attrs),) = points[names.QUALITY_ESTIMATED_PRECISION]
+        assert attrs == {"model.name": "card-fraud", "model.version": "v-est"}
+        assert precision == pytest.approx(probs[pred].mean())
+        ((recall, _),) = points[names.QUALITY_ESTIMATED_RECALL]
+        assert recall == pytest.approx(probs[pred].sum() / probs.sum())
+        ((auc, _),) = points[names.QUALITY_ESTIMATED_ROC_AUC]
+        assert 0.5 < auc < 1.0

@@ -22,6 +22,7 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
 from inferwatch.analysis import jobs
 from inferwatch.analysis.drift import DriftReport, DriftThresholds, FeatureDrift, StatisticResult
+from inferwatch.analysis.estimate import Estimate
 from inferwatch.analysis.quality import Quality
 from inferwatch.analysis.runner import AnalysisResult
 from inferwatch.inference.metadata import ModelMetadata
@@ -85,7 +86,8 @@ def _result() -> tuple[ModelMetadata, AnalysisResult]:
         DriftThresholds(),
     )
     quality = Quality(0.5, 5000, 1000, 0.2, 30, 20, 10, 960, 10, 0.66, 0.66, 0.9, 0.02)
-    return meta, AnalysisResult(report, quality)
+    estimate = Estimate(0.5, 5000, 40.0, 25.0, 12.0, 4948.0, 15.0, 0.68, 0.62, 0.91, 24000, 360)
+    return meta, AnalysisResult(report, quality, estimate)
 
 
 def test_rule_metric_names_exist_in_prometheus(prometheus: str) -> None:
@@ -106,7 +108,15 @@ def test_rule_metric_names_exist_in_prometheus(prometheus: str) -> None:
     }
     used |= {
         names.prometheus_name(n)
-        for n in (names.DRIFT_PSI, names.DRIFT_STATISTIC, names.DRIFT_DATASET)
+        for n in (
+            names.DRIFT_PSI,
+            names.DRIFT_STATISTIC,
+            names.DRIFT_DATASET,
+            # the model dashboard's estimate panel (grafana/boards/model_data.py)
+            names.QUALITY_ESTIMATED_PRECISION,
+            names.QUALITY_ESTIMATED_RECALL,
+            names.QUALITY_ESTIMATED_ROC_AUC,
+        )
     }
     present: set[str] = set()
 

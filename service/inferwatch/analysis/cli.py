@@ -119,6 +119,7 @@ def drift(
     steps = [
         "drift histograms (profiles + scan)",
         "quality on labeled rows (SQL)",
+        "quality estimate (SQL)",
         "statistics and verdicts",
     ]
     columns = (
@@ -154,7 +155,7 @@ def drift(
     except psycopg.Error as exc:
         err.print(f"[red]database error: {type(exc).__name__}: {str(exc).strip()[:300]}[/]")
         raise typer.Exit(2) from None
-    rpt.print_report(out, result.drift, result.quality)
+    rpt.print_report(out, result.drift, result.quality, result.estimate)
     if result.sources is not None:
         err.print(_sources_line(result.sources, settings.drift_profile_width))
     paths = rpt.write_plots(result.drift, out_dir) if plots else []
@@ -164,6 +165,7 @@ def drift(
         doc = {
             "drift": result.drift.to_dict(),
             "quality": result.quality.to_dict(),
+            "estimate": result.estimate.to_dict() if result.estimate else None,
             "plots": [str(p) for p in paths],
             "sources": result.sources.to_dict() if result.sources else None,
         }

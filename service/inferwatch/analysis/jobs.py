@@ -19,6 +19,10 @@ ones, and those late rows landed in), then computes drift over the window from t
 Gauges are observable: each export reports the latest completed run. Attributes are
 bounded: model name and version, feature (from the model's schema, ~16) and
 statistic. OTLP export is configured by the standard ``OTEL_*`` variables.
+
+Realized quality covers the quality window (labels arrive late); the quality estimate
+(:mod:`inferwatch.analysis.estimate`) covers the drift window, whose recent predictions
+mostly have no label yet.
 """
 
 from __future__ import annotations
@@ -88,6 +92,9 @@ class AnalysisGauges:
             (names.QUALITY_LABEL_COVERAGE, "Share of predictions with an outcome."),
             (ANALYSIS_ROWS, "Predictions in the drift window."),
             (ANALYSIS_LAST_SUCCESS, "Unix time of the last completed analysis run."),
+            (names.QUALITY_ESTIMATED_PRECISION, "Estimated precision of the drift window."),
+            (names.QUALITY_ESTIMATED_RECALL, "Estimated recall of the drift window."),
+            (names.QUALITY_ESTIMATED_ROC_AUC, "Estimated ROC AUC of the drift window."),
         )
         for name, desc in specs:
             meter.create_observable_gauge(
@@ -130,6 +137,10 @@ class AnalysisGauges:
         put(names.QUALITY_RECALL, q.recall)
         put(QUALITY_ROC_AUC, q.roc_auc)
         put(names.QUALITY_LABEL_COVERAGE, q.label_coverage)
+        if result.estimate is not None:
+            put(names.QUALITY_ESTIMATED_PRECISION, result.estimate.precision)
+            put(names.QUALITY_ESTIMATED_RECALL, result.estimate.recall)
+            put(names.QUALITY_ESTIMATED_ROC_AUC, result.estimate.roc_auc)
         put(ANALYSIS_ROWS, float(result.drift.rows))
         put(ANALYSIS_LAST_SUCCESS, time.time())
         with self._lock:
@@ -184,7 +195,9 @@ def run_once(
             dsn, meta, model_version=cfg.model_version, since=now - cfg.quality_window, until=now
         )
     )
-    result = AnalysisResult(drift_part.drift, quality, drift_part.sources)
+    result = AnalysisResult(
+        drift_part.drift, quality, sources=drift_part.sources, estimate=drift_part.estimate
+    )
     gauges.update(meta, cfg.model_version, result)
     return result
 

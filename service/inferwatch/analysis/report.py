@@ -1,8 +1,9 @@
 """The drift and quality report: a rich table, JSON, and PNG plots (matplotlib Agg).
 
-Presentation only: takes a :class:`DriftReport` and a :class:`Quality` and draws
-them. One PNG per drifted feature (reference vs window proportions per bin or
-category) and a summary plot of every feature's statistics against thresholds.
+Presentation only: takes a :class:`DriftReport`, a :class:`Quality` and an
+:class:`Estimate` and draws them. One PNG per drifted feature (reference vs window
+proportions per bin or category) and a summary plot of every feature's statistics
+against thresholds.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from inferwatch.analysis.drift import DriftReport, FeatureDrift
+from inferwatch.analysis.estimate import Estimate
 from inferwatch.analysis.quality import Quality
 
 _STYLE = {"drift": "bold red", "ok": "green", "insufficient data": "yellow"}
@@ -78,7 +80,37 @@ def quality_table(q: Quality) -> Table:
     return table
 
 
-def print_report(console: Console, report: DriftReport, quality: Quality | None) -> None:
+def estimate_table(e: Estimate, realized: Quality | None) -> Table:
+    """The estimate beside the realized metrics of the window's labeled rows."""
+    table = Table(
+        title=f"Estimated quality (CBPE) at threshold {e.threshold:g} · {e.rows} predictions "
+        f"· calibrated on {e.reference_rows} labeled rows",
+        title_justify="left",
+    )
+    table.add_column("metric")
+    table.add_column("estimated", justify="right")
+    table.add_column("realized (labeled rows)", justify="right")
+    r = realized
+    for name, est, real in (
+        ("precision", e.precision, r.precision if r else None),
+        ("recall", e.recall, r.recall if r else None),
+        ("ROC AUC", e.roc_auc, r.roc_auc if r else None),
+    ):
+        table.add_row(name, _fmt(est), _fmt(real))
+    table.add_row(
+        "TP / FP / TN / FN",
+        f"{e.tp:.0f} / {e.fp:.0f} / {e.tn:.0f} / {e.fn:.0f}",
+        f"{r.tp} / {r.fp} / {r.tn} / {r.fn}" if r else "—",
+    )
+    return table
+
+
+def print_report(
+    console: Console,
+    report: DriftReport,
+    quality: Quality | None,
+    estimate: Estimate | None = None,
+) -> None:
     console.print(drift_table(report))
     verdict = "[bold red]DRIFT[/]" if report.dataset_drift else "[green]no drift[/]"
     drifted = ", ".join(report.drifted) or "none"
@@ -88,6 +120,8 @@ def print_report(console: Console, report: DriftReport, quality: Quality | None)
     )
     if quality is not None:
         console.print(quality_table(quality))
+    if estimate is not None:
+        console.print(estimate_table(estimate, quality))
 
 
 def plot_feature(f: FeatureDrift, path: Path) -> Path:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 
 from inferwatch.analysis import drift, profiles, store
+from inferwatch.analysis.estimate import Calibration, Estimate, estimate_from_cells
 from inferwatch.analysis.quality import Quality, quality_from_counts
 from inferwatch.inference.metadata import ModelMetadata
 
@@ -41,6 +42,8 @@ class AnalysisResult:
     drift: drift.DriftReport
     quality: Quality
     sources: profiles.WindowSources | None = None  # where the drift counts came from
+    # the quality estimate of the window (None: the model's metadata has no calibration)
+    estimate: Estimate | None = None
 
 
 Step = Callable[[str], None]
@@ -87,6 +90,7 @@ def analyse(
             until=until,
             threshold=metadata.decision_threshold,
         )
+        estimate = _estimate(conn, metadata, model_version, since, until, step)
     step("statistics and verdicts")
     report = drift.evaluate(
         refs,
@@ -98,7 +102,37 @@ def analyse(
         rows=rows,
         exclude=exclude,
     )
-    return AnalysisResult(report, quality_from_counts(counts, metadata.decision_threshold), sources)
+    return AnalysisResult(
+        report,
+        quality_from_counts(counts, metadata.decision_threshold),
+        sources=sources,
+        estimate=estimate,
+    )
+
+
+def _estimate(
+    conn: store.Conn,
+    metadata: ModelMetadata,
+    model_version: str,
+    since: datetime,
+    until: datetime,
+    step: Step,
+) -> Estimate | None:
+    if metadata.calibration is None:
+        return None
+    step("quality estimate (SQL)")
+    calibration = Calibration.from_dict(metadata.calibration)
+    p, predicted, n = store.estimate_cells(
+        conn,
+        calibration,
+        model_version=model_version,
+        since=since,
+        until=until,
+        threshold=metadata.decision_threshold,
+    )
+    return estimate_from_cells(
+        p, predicted, n, threshold=metadata.decision_threshold, calibration=calibration
+    )
 
 
 def quality_only(

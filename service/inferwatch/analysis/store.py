@@ -13,6 +13,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -23,6 +24,7 @@ from inferwatch.analysis.drift import (
     NumericReference,
     reference_buckets,
 )
+from inferwatch.analysis.estimate import Calibration
 from inferwatch.analysis.quality import QualityCounts
 
 
@@ -125,3 +127,29 @@ def quality_counts(
         brier_sum=float(brier),
         positive_rank_sum=float(rank_sum),
     )
+
+
+def estimate_cells(
+    conn: Conn,
+    calibration: Calibration,
+    *,
+    model_version: str,
+    since: datetime,
+    until: datetime,
+    threshold: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of the window per (calibrated probability, predicted class): the arrays
+    :func:`inferwatch.analysis.estimate.estimate_from_cells` takes."""
+    params = {
+        "model_version": model_version,
+        "since": since,
+        "until": until,
+        "threshold": threshold,
+        "xs": list(calibration.scores),
+        "ys": list(calibration.probabilities),
+    }
+    rows = conn.execute(load_sql("estimate.sql").encode(), params).fetchall()
+    p = np.array([float(r[0]) for r in rows], dtype=np.float64)
+    predicted = np.array([bool(r[1]) for r in rows], dtype=bool)
+    n = np.array([int(r[2]) for r in rows], dtype=np.int64)
+    return p, predicted, n

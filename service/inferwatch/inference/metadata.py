@@ -15,6 +15,13 @@
   renders them in Postgres)::
 
     {"kind": "categorical", "frequencies": {"grocery": 0.22, ...}}
+
+``calibration`` maps the model's score to a calibrated probability for the quality
+estimate (:class:`inferwatch.analysis.estimate.Calibration`, fitted on the holdout)::
+
+    {"method": "isotonic", "scores": [...], "probabilities": [...], "rows": n, "positives": k}
+
+Metadata written before it existed has none: no estimate for that model.
 """
 
 from __future__ import annotations
@@ -46,3 +53,4 @@ class ModelMetadata(BaseModel):
     artifact_sha256: str  # verified before loading
     artifact_format: str  # "skops"
     reference_profile: dict[str, Any]
+    calibration: dict[str, Any] | None = None

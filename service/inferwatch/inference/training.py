@@ -36,6 +36,7 @@ from sklearn.metrics import (
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from inferwatch.analysis.estimate import fit_calibration
 from inferwatch.inference import data
 from inferwatch.inference.encoding import encode_columns
 from inferwatch.inference.metadata import ModelMetadata
@@ -226,7 +227,8 @@ def train_model(
     started = time.perf_counter()
     model.fit(d.x[d.train], d.y[d.train])
     training_seconds = time.perf_counter() - started
-    threshold, metrics = holdout_metrics(d.y[d.test], model.predict_proba(d.x[d.test])[:, 1])
+    holdout_proba = model.predict_proba(d.x[d.test])[:, 1]
+    threshold, metrics = holdout_metrics(d.y[d.test], holdout_proba)
     metrics["positive_rate"] = float(d.y.mean())
     trained_at = datetime.now(UTC)
     version = version or trained_at.strftime("%Y%m%d%H%M%S")
@@ -251,6 +253,8 @@ def train_model(
         artifact_sha256=hashlib.sha256(artifact.read_bytes()).hexdigest(),
         artifact_format="skops",
         reference_profile=reference_profile(schema, {k: v[d.train] for k, v in d.cols.items()}),
+        # the quality estimate's reference: the labeled holdout (docs/decisions.md)
+        calibration=fit_calibration(holdout_proba, d.y[d.test]).to_dict(),
     )
     (target / METADATA_NAME).write_text(meta.model_dump_json(indent=2))
     return meta

@@ -85,6 +85,10 @@ QUALITY_ROC_AUC: Final = "inferwatch.quality.roc_auc"
 ANALYSIS_ROWS: Final = "inferwatch.analysis.window_rows"
 ANALYSIS_LAST_SUCCESS: Final = "inferwatch.analysis.last_success"
 ATTR_STATISTIC: Final = "statistic"
+# the quality estimate of the drift window before labels (analysis/estimate.py)
+QUALITY_ESTIMATED_PRECISION: Final = "inferwatch.quality.estimated.precision"
+QUALITY_ESTIMATED_RECALL: Final = "inferwatch.quality.estimated.recall"
+QUALITY_ESTIMATED_ROC_AUC: Final = "inferwatch.quality.estimated.roc_auc"
 
 
 # --- unit and kind of every metric above ---------------------------------------------
@@ -130,6 +134,9 @@ METRICS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
         QUALITY_LABEL_COVERAGE: MetricSpec("1", "gauge"),
         ANALYSIS_ROWS: MetricSpec("{prediction}", "gauge"),
         ANALYSIS_LAST_SUCCESS: MetricSpec("s", "gauge"),
+        QUALITY_ESTIMATED_PRECISION: MetricSpec("1", "gauge"),
+        QUALITY_ESTIMATED_RECALL: MetricSpec("1", "gauge"),
+        QUALITY_ESTIMATED_ROC_AUC: MetricSpec("1", "gauge"),
     }
 )
 
