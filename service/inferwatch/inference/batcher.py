@@ -143,6 +143,14 @@ class MicroBatcher:
         ``link``: the request's span context, linked from the batch span.
         Raises :class:`Overloaded` (queue full), :class:`Stopped`, or the model's exception.
         """
+        return await self.enqueue(payload, link)
+
+    def enqueue(
+        self, payload: Mapping[str, Any], link: SpanContext | None
+    ) -> asyncio.Future[BatchResult]:
+        """Queue one request's features without waiting (on the loop's thread): the future
+        resolves as :meth:`predict` does. Raises :class:`Overloaded` or :class:`Stopped` at
+        once. The shadow scorer uses it (fire and forget, a done callback per row)."""
         if self._stopped or self._loop is None or self._arrived is None:
             raise Stopped("the batcher is not running")
         if len(self._queue) >= self.max_queue:
@@ -150,7 +158,7 @@ class MicroBatcher:
         future: asyncio.Future[BatchResult] = self._loop.create_future()
         self._queue.append(_Item(payload, link, future))
         self._arrived.set()
-        return await future
+        return future
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` (a whole batch request's model call) in the model thread."""

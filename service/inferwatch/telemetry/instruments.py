@@ -85,6 +85,9 @@ QUALITY_ROC_AUC: Final = "inferwatch.quality.roc_auc"
 ANALYSIS_ROWS: Final = "inferwatch.analysis.window_rows"
 ANALYSIS_LAST_SUCCESS: Final = "inferwatch.analysis.last_success"
 ATTR_STATISTIC: Final = "statistic"
+# shadow scoring (service/inferwatch/inference/shadow.py): live predictions offered to the
+# candidate, by outcome (ATTR_OUTCOME): scored | dropped (queue full) | failed
+SHADOW_PREDICTIONS: Final = "inferwatch.shadow.predictions"
 
 
 # --- unit and kind of every metric above ---------------------------------------------
@@ -130,6 +133,7 @@ METRICS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
         QUALITY_LABEL_COVERAGE: MetricSpec("1", "gauge"),
         ANALYSIS_ROWS: MetricSpec("{prediction}", "gauge"),
         ANALYSIS_LAST_SUCCESS: MetricSpec("s", "gauge"),
+        SHADOW_PREDICTIONS: MetricSpec("{prediction}", "counter"),
     }
 )
 
