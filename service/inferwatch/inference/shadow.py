@@ -48,6 +48,9 @@ from inferwatch.telemetry import instruments as names
 log = logging.getLogger(__name__)
 
 MODE_SHADOW = "shadow"
+# at shutdown, how long queued shadow rows may still be scored (the audit writer's own
+# flush comes after, bounded by INFERWATCH_AUDIT_SHUTDOWN_TIMEOUT_S)
+DRAIN_S = 1.0
 
 
 class ShadowConfigError(ValueError):
@@ -108,6 +111,7 @@ class ShadowScorer:
         self.replay_id = replay_id or shadow_replay_id(predictor)
         self._sink = sink
         self._credit = 0.0
+        self._outstanding = 0  # queued or computing
         meta = predictor.metadata
         self._name, self._version = meta.name, meta.version
         base = {names.ATTR_MODEL_NAME: meta.name, names.ATTR_MODEL_VERSION: meta.version}
@@ -130,8 +134,12 @@ class ShadowScorer:
         """Start the shadow's consumer on the running loop (the app lifespan)."""
         self._batcher.start()
 
-    async def stop(self) -> None:
-        """Stop; rows still queued are counted as dropped."""
+    async def stop(self, drain_s: float = DRAIN_S) -> None:
+        """Let queued rows finish for up to ``drain_s``, then stop; the rest count as dropped."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_s
+        while self._outstanding and loop.time() < deadline:
+            await asyncio.sleep(0.005)
         await self._batcher.stop()
         await asyncio.sleep(0)  # let the done callbacks of the failed futures run
 
@@ -151,9 +159,11 @@ class ShadowScorer:
             log.exception("shadow: could not queue prediction %s", prediction_id)
             self._counter.add(1, self._attrs["failed"])
             return
+        self._outstanding += 1
         future.add_done_callback(partial(self._done, prediction_id, ts))
 
     def _done(self, prediction_id: UUID, ts: datetime, future: asyncio.Future[BatchResult]) -> None:
+        self._outstanding -= 1
         try:
             if future.cancelled():
                 self._counter.add(1, self._attrs["dropped"])
