@@ -339,6 +339,14 @@ def replay(
         typer.Option(help="Name of this run (default: replay-<name>-<version>-<time>-<hex>)"),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=100_000)] = 2_000,
+    privacy: Annotated[
+        str | None,
+        typer.Option(
+            help="The audit privacy policy the rows were logged under, as JSON (default: "
+            "INFERWATCH_AUDIT_PRIVACY); names why a payload is not replayable",
+            show_default=False,
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
     out_dir: Annotated[Path, typer.Option(help="Where the PNG goes")] = Path("replay-report"),
     plots: Annotated[bool, typer.Option(help="Write the PNG")] = True,
@@ -363,6 +371,12 @@ def replay(
         raise typer.BadParameter(str(exc)) from None
     if lo >= hi:
         raise typer.BadParameter("--since must be before --until")
+    rules: dict[str, str] = dict(settings.audit_privacy)
+    if privacy is not None:
+        try:
+            rules = {str(k): str(v) for k, v in json.loads(privacy).items()}
+        except (ValueError, AttributeError) as exc:
+            raise typer.BadParameter(f"not a JSON object: {exc}", param_hint="--privacy") from None
     try:
         predictor = Predictor(load_model(candidate))
     except (OSError, ValueError, ModelLoadError) as exc:
@@ -386,7 +400,7 @@ def replay(
                 model_name=model_name or predictor.metadata.name,
                 model_version=model_version,
                 replay_id=replay_id,
-                privacy_rules=settings.audit_privacy,
+                privacy_rules=rules,
                 batch_size=batch_size,
                 on_total=lambda n: progress.update(task, total=n),
                 on_progress=lambda n: progress.update(task, completed=n),
