@@ -1,9 +1,9 @@
 """Shadow scoring: a candidate scores live predictions off the request path.
 
-The shadow's estimator is gated (as in test_microbatch.py): with its gate shut the
-shadow model thread is stuck inside ``predict_proba``, so a response that still arrives
-shows the request never waits for the shadow, and the shadow queue's fill is decided by
-the test, not by timing.
+The shadow's estimator is gated (``GatedEstimator``, tests/fixtures/api.py): with its gate
+shut the shadow model thread is stuck inside ``predict_proba``, so a response that still
+arrives shows the request never waits for the shadow, and the shadow queue's fill is
+decided by the test, not by timing.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from inferwatch.inference.shadow import ShadowConfigError, check_compatible
 from inferwatch.settings import Settings
 from inferwatch.telemetry import instruments as names
 from stack.procs import poll
-from tests.api.test_microbatch import GatedEstimator
-from tests.fixtures.api import attributes_of, points
+from tests.fixtures.api import GatedEstimator, attributes_of, points
 
 
 class ShadowApp:
