@@ -117,6 +117,8 @@ def test_replaying_the_served_model_reproduces_every_prediction_exactly(
     ids = _serve(audit_db, served, rows, tmp_path)
     _label(audit_db, {pid: int(v) for pid, v in zip(ids[:120], y[:120], strict=True)})
     since, until = _window()
+    totals: list[int] = []
+    progress: list[int] = []
     report = run_replay(
         audit_db.replay_dsn,
         Predictor(served),
@@ -125,7 +127,11 @@ def test_replaying_the_served_model_reproduces_every_prediction_exactly(
         model_name="card-fraud",
         model_version="replay-self",
         batch_size=64,  # several batches of the server-side cursor
+        on_total=totals.append,
+        on_progress=progress.append,
     )
+    assert totals == [300]
+    assert progress == [64, 128, 192, 256, 300]  # streamed: one batch in memory at a time
     assert (report.logged, report.replayed, report.not_replayable) == (300, 300, 0)
     assert (report.agree, report.agreement) == (300, 1.0)
     assert report.served_versions == ["replay-self"]

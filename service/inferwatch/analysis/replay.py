@@ -209,13 +209,13 @@ def run_replay(
         ).fetchone()
         if taken is not None:
             raise ReplayError(f"replay id {replay_id!r} exists already; choose another")
-        count_q = sql.SQL("SELECT count(*) FROM predictions WHERE {}").format(where)
-        row = reader.execute(count_q, params).fetchone()
-        total = int(row[0]) if row else 0
-        versions_q = sql.SQL(
-            "SELECT DISTINCT model_version FROM predictions WHERE {} ORDER BY 1"
+        # one pass for the progress bar's total and the served versions in the window
+        count_q = sql.SQL(
+            "SELECT model_version, count(*) FROM predictions WHERE {} GROUP BY 1 ORDER BY 1"
         ).format(where)
-        served_versions = [str(r[0]) for r in reader.execute(versions_q, params).fetchall()]
+        per_version = reader.execute(count_q, params).fetchall()
+        total = sum(int(r[1]) for r in per_version)
+        served_versions = [str(r[0]) for r in per_version]
         if on_total is not None:
             on_total(total)
         for rows in _stream(reader, where, params, batch_size):
