@@ -20,7 +20,10 @@ Same machine, same model, same load, one run, side by side. One model is trained
   metrics only, no HTTP server span, hence no prediction span either);
 - ``iw-live-unbatched``: as iw-live with micro-batching off (one predict_proba per request);
 - ``iw-live-wait1ms``: as iw-live with micro-batches that wait up to 1 ms to fill while
-  there is concurrency (``INFERWATCH_MICROBATCH_MAX_WAIT_MS=1``; shipped: 0).
+  there is concurrency (``INFERWATCH_MICROBATCH_MAX_WAIT_MS=1``; shipped: 0);
+- ``iw-live-shadow``: as iw-live with shadow scoring (``INFERWATCH_SHADOW_MODEL_DIR`` = the
+  served model itself, fraction 1): every request is scored a second time off the request
+  path, and its shadow row goes to the audit spool.
 
 Every inferwatch variant runs without a database (``INFERWATCH_DATABASE_URL`` unset), so
 its audit writer is in spool-only mode: every record is encoded and appended to a disk
@@ -215,6 +218,7 @@ class Variant:
     kind: str = "inferwatch"  # or "bare"
     otlp: str = "live"  # live | closed | off
     env: dict[str, str] = field(default_factory=dict)
+    shadow: bool = False  # the served model also scores every request as its own shadow
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -252,6 +256,11 @@ VARIANTS: tuple[Variant, ...] = (
         "iw-live-no-http",
         "as iw-live, HTTP instrumentation none (no server span)",
         env={"INFERWATCH_HTTP_INSTRUMENTATION": "none"},
+    ),
+    Variant(
+        "iw-live-shadow",
+        "as iw-live, plus a shadow model (the same one) scoring 100% of traffic",
+        shadow=True,
     ),
 )
 
@@ -446,6 +455,9 @@ class Server:
             elif variant.otlp == "off":
                 env["INFERWATCH_OTLP_ENABLED"] = "false"
             env.update(variant.env)
+            if variant.shadow:  # as costly a candidate as the served model, on every request
+                env["INFERWATCH_SHADOW_MODEL_DIR"] = str(model_path)
+                env["INFERWATCH_SHADOW_FRACTION"] = "1"
             self.ready_url = f"http://127.0.0.1:{self.port}/readyz"
         self.url = f"http://127.0.0.1:{self.port}/v1/predict"
         self.log.unlink(missing_ok=True)  # this round's lines only (log_warnings)
@@ -983,6 +995,12 @@ def targets(results: list[Result], fixed: list[FixedRate]) -> list[str]:
             f"P99 added by telemetry at equal offered load ({fixed[0].rate:.0f} req/s, open "
             f"loop), iw-live vs iw-telemetry-off: {added:+.2f} ms "
             f"{'(<= 0.5 ms)' if added <= 0.5 else '(> 0.5 ms)'}"
+        )
+    if "iw-live" in p99 and "iw-live-shadow" in p99:
+        added = p99["iw-live-shadow"] - p99["iw-live"]
+        lines.append(
+            f"P99 added by shadow scoring (100% of traffic) at equal offered load "
+            f"({fixed[0].rate:.0f} req/s, open loop), iw-live-shadow vs iw-live: {added:+.2f} ms"
         )
     bare, live = by.get(("bare", 32)), by.get(("iw-live", 32))
     if bare and live:

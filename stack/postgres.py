@@ -4,7 +4,7 @@
 loopback port, run from Debian's Postgres binaries; as root, `initdb` and `pg_ctl` run as the
 `postgres` OS user (Postgres refuses to run as root). Every cluster runs the audit database's
 write settings, `PG_AUDIT_SETTINGS` (docker-compose.yml runs them too; a test checks).
-`create_audit_db` makes the database, the owner/writer/analyst roles and the schema with
+`create_audit_db` makes the database, the owner/writer/analyst/replay roles and the schema with
 the same code as `inferwatch db roles` and `inferwatch db migrate`.
 
 The launcher's cluster authenticates every role by password (scram; peer on the socket).
@@ -57,6 +57,7 @@ ROLE_USERS = {
     "owner": "inferwatch_owner",
     "writer": "inferwatch_writer",
     "analyst": "inferwatch_analyst",
+    "replay": "inferwatch_replay",
 }
 
 
@@ -277,6 +278,10 @@ class AuditDb:
     def analyst_dsn(self) -> str:
         return self.dsn("analyst")
 
+    @property
+    def replay_dsn(self) -> str:
+        return self.dsn("replay")
+
 
 def create_audit_db(
     cluster: PgCluster, dbname: str, passwords: Mapping[str, str], log: Path | None = None
@@ -302,6 +307,7 @@ def create_audit_db(
             owner_password=passwords["owner"],
             writer_password=passwords["writer"],
             analyst_password=passwords["analyst"],
+            replay_password=passwords.get("replay"),
         )
         res = migrate.migrate(db.owner_dsn)
     except migrate.MigrationError as exc:

@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.metrics import Meter, NoOpMeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import SpanProcessor
 from threadpoolctl import threadpool_limits
@@ -37,6 +37,7 @@ from inferwatch.audit.sink import AuditSink
 from inferwatch.inference.batcher import BatchTelemetry, MicroBatcher
 from inferwatch.inference.loading import LoadedModel, ModelLoadError, find_model, load_model
 from inferwatch.inference.predictor import Predictor
+from inferwatch.inference.shadow import ShadowScorer, check_compatible
 from inferwatch.settings import HttpInstrumentation, Settings
 from inferwatch.telemetry import instruments as names
 from inferwatch.telemetry.http import HttpInstruments, HttpServerTelemetry
@@ -140,6 +141,40 @@ def build_batcher(
     )
 
 
+def build_shadow(
+    settings: Settings,
+    served: Predictor,
+    sink: AuditSink,
+    meter: Meter,
+    model: LoadedModel | None = None,
+) -> ShadowScorer | None:
+    """The shadow scorer (INFERWATCH_SHADOW_*), or None when no shadow model is set.
+
+    A candidate that cannot score the served model's payloads stops start-up: it is a
+    configuration error, not something to discover row by row.
+    """
+    if model is None:
+        if settings.shadow_model_dir is None:
+            return None
+        model = load_model(settings.shadow_model_dir)
+    predictor = Predictor(model)
+    check_compatible(served.metadata.feature_schema, predictor.metadata.feature_schema)
+    log.info(
+        "shadow model %s version %s scores %.0f%% of live predictions",
+        predictor.metadata.name,
+        predictor.metadata.version,
+        settings.shadow_fraction * 100,
+    )
+    return ShadowScorer(
+        predictor,
+        sink,
+        meter,
+        fraction=settings.shadow_fraction,
+        max_queue=settings.shadow_max_queue,
+        max_batch_size=settings.shadow_max_batch_size,
+    )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -147,6 +182,7 @@ def create_app(
     audit_sink: AuditSink | None = None,
     span_processors: Sequence[SpanProcessor] | None = None,
     metric_readers: Sequence[MetricReader] | None = None,
+    shadow_model: LoadedModel | None = None,
 ) -> FastAPI:
     """Build the app. Nothing is loaded or started until the lifespan runs."""
     settings = settings or Settings()
@@ -177,6 +213,9 @@ def create_app(
         predictor = Predictor(loaded)
         batcher = build_batcher(settings, predictor, telemetry, instruments)
         batcher.start()
+        shadow = build_shadow(settings, predictor, sink, meter, shadow_model)
+        if shadow is not None:
+            shadow.start()
         analyst_dsn = settings.analyst_database_url  # unset or empty: /v1/monitoring/* 503
         store = MonitoringStore(analyst_dsn.get_secret_value()) if analyst_dsn else None
         if store is not None:
@@ -190,6 +229,7 @@ def create_app(
             audit=sink,
             batcher=batcher,
             monitoring=store,
+            shadow=shadow,
         )
         names.observe_queue_depth(meter, lambda: batcher.depth, runtime.model_attrs)
         app.state.runtime = runtime  # read only by inferwatch.api.deps
@@ -210,6 +250,8 @@ def create_app(
         finally:
             runtime.ready = False
             await batcher.stop()  # fails what is still queued with 503; ends the model thread
+            if shadow is not None:
+                await shadow.stop()  # before the writer closes: its last rows get flushed
             if store is not None:
                 store.close()
             try:

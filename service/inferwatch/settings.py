@@ -159,6 +159,8 @@ class Settings(BaseSettings):
     owner_password: SecretStr | None = None
     writer_password: SecretStr | None = None
     analyst_password: SecretStr | None = None
+    # the replay role's (`inferwatch replay`); unset: the role exists but cannot log in
+    replay_password: SecretStr | None = None
     # the defaults of inferwatch.audit.migrate (a unit test keeps them equal)
     audit_partition_days_ahead: int = Field(7, ge=0)
     audit_retention_days: int = 90  # 0: keep every partition
@@ -173,6 +175,18 @@ class Settings(BaseSettings):
     # to a day, dividing a day) and how far back the analysis job's roll-up profiles buckets
     drift_profile_width: str = Field("1h", pattern=DURATION_PATTERN)
     drift_profile_horizon: str = Field("31d", pattern=DURATION_PATTERN)
+
+    # `inferwatch replay`: the replay role's DSN (reads the audit log, writes `replays`)
+    replay_database_url: SecretStr | None = None
+
+    # --- shadow scoring (service/inferwatch/inference/shadow.py) --------------------
+    # a candidate model directory (metadata.json + artifact) scored beside the served
+    # model on shadow_fraction of live predictions, off the request path, into `replays`
+    shadow_model_dir: Path | None = None
+    shadow_fraction: float = Field(1.0, ge=0, le=1)
+    # shadow rows waiting for the shadow model; beyond it they are dropped and counted
+    shadow_max_queue: int = Field(4096, ge=1)
+    shadow_max_batch_size: int = Field(256, ge=1, le=4096)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -197,7 +211,7 @@ class Settings(BaseSettings):
                     or len(value.get_secret_value()) < 16
                 ):
                     raise ValueError(f"{name} is a placeholder or too short for production")
-            for dsn_name in ("database_url", "analyst_database_url"):
+            for dsn_name in ("database_url", "analyst_database_url", "replay_database_url"):
                 dsn_value: SecretStr | None = getattr(self, dsn_name)
                 if dsn_value is None:
                     continue

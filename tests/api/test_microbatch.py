@@ -9,7 +9,6 @@ queue's depth), and the gate opens.
 from __future__ import annotations
 
 import asyncio
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -35,26 +34,7 @@ from inferwatch.inference.predictor import Prediction, Predictor
 from inferwatch.settings import Settings
 from inferwatch.telemetry import instruments as names
 from stack.procs import poll
-from tests.fixtures.api import FinishedSpans, attributes_of, points
-
-
-class GatedEstimator:
-    """The fitted model behind a gate; call ``fail_on`` (1-based) raises instead."""
-
-    def __init__(self, fitted: Any, fail_on: int | None = None) -> None:
-        self.classes_ = fitted.classes_
-        self._fitted = fitted
-        self.fail_on = fail_on
-        self.gate = threading.Event()
-        self.calls: list[int] = []  # rows per call
-
-    def predict_proba(self, x: Any) -> Any:
-        self.calls.append(len(x))
-        if not self.gate.wait(30):
-            raise TimeoutError("the test never opened the gate")
-        if len(self.calls) == self.fail_on:
-            raise RuntimeError("the model failed on this batch")
-        return self._fitted.predict_proba(x)
+from tests.fixtures.api import FinishedSpans, GatedEstimator, attributes_of, points
 
 
 class Served:

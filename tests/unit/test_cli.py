@@ -25,7 +25,15 @@ from inferwatch.settings import Settings
 def test_the_main_command_carries_every_subcommand() -> None:
     click_app = typer.main.get_command(app)
     assert isinstance(click_app, typer.core.TyperGroup)
-    assert set(click_app.commands) == {"train", "serve", "db", "drift", "load", "analysis-job"}
+    assert set(click_app.commands) == {
+        "train",
+        "serve",
+        "db",
+        "drift",
+        "load",
+        "analysis-job",
+        "replay",
+    }
     db = click_app.commands["db"]
     assert isinstance(db, typer.core.TyperGroup)
     assert set(db.commands) == {"migrate", "partitions", "roles", "replay", "erase"}
@@ -64,7 +72,12 @@ def test_db_options_fall_back_to_settings_and_the_command_line_wins(
         ("host=other", {"days_ahead": 5, "retention_days": 30}),
         (
             "host=db user=postgres",
-            {"owner_password": "o-pw", "writer_password": "given", "analyst_password": "a-pw"},
+            {
+                "owner_password": "o-pw",
+                "writer_password": "given",
+                "analyst_password": "a-pw",
+                "replay_password": None,
+            },
         ),
     ]
 

@@ -17,6 +17,7 @@ from opentelemetry.metrics import NoOpMeter
 
 from inferwatch.analysis.jobs import AnalysisGauges
 from inferwatch.audit.writer import PostgresAuditWriter
+from inferwatch.inference.shadow import shadow_counter
 from inferwatch.telemetry import instruments as names
 from inferwatch.telemetry.instruments import METRICS, MetricSpec, prometheus_name
 
@@ -90,11 +91,16 @@ def _analysis_job(meter: RecordingMeter, tmp_path: Path) -> None:
     AnalysisGauges(meter)
 
 
+def _shadow(meter: RecordingMeter, tmp_path: Path) -> None:
+    shadow_counter(meter)
+
+
 CREATORS: dict[str, Callable[[RecordingMeter, Path], None]] = {
     "service": _service,
     "audit writer": _audit_writer,
     "micro-batcher": _batcher,
     "analysis job": _analysis_job,
+    "shadow scorer": _shadow,
 }
 
 

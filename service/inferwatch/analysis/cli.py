@@ -349,8 +349,113 @@ def analysis_job(
         provider.shutdown(timeout_millis=5_000)
 
 
+def replay(
+    candidate: Annotated[
+        Path, typer.Option(help="The candidate's model directory (metadata.json + artifact)")
+    ],
+    since: Annotated[str, typer.Option(help="Window start: ISO 8601, 'now', or -30m/-2h/-7d")],
+    until: Annotated[str, typer.Option(help="Window end (exclusive)")] = "now",
+    model_version: Annotated[
+        str | None,
+        typer.Option(help="Replay only predictions of this served version (default: all)"),
+    ] = None,
+    model_name: Annotated[
+        str | None,
+        typer.Option(help="Served model name (default: the candidate's)", show_default=False),
+    ] = None,
+    dsn: Annotated[
+        str | None,
+        typer.Option(help="Replay-role DSN (default: INFERWATCH_REPLAY_DATABASE_URL)"),
+    ] = None,
+    replay_id: Annotated[
+        str | None,
+        typer.Option(help="Name of this run (default: replay-<name>-<version>-<time>-<hex>)"),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=100_000)] = 2_000,
+    privacy: Annotated[
+        str | None,
+        typer.Option(
+            help="The audit privacy policy the rows were logged under, as JSON (default: "
+            "INFERWATCH_AUDIT_PRIVACY); names why a payload is not replayable",
+            show_default=False,
+        ),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+    out_dir: Annotated[Path, typer.Option(help="Where the PNG goes")] = Path("replay-report"),
+    plots: Annotated[bool, typer.Option(help="Write the PNG")] = True,
+) -> None:
+    """Replay a candidate model on logged traffic: agreement, score shift, quality, PNG."""
+    from inferwatch.analysis import replay_report
+    from inferwatch.analysis.replay import ReplayError, run_replay
+    from inferwatch.inference.loading import ModelLoadError, load_model
+    from inferwatch.inference.predictor import Predictor
+
+    err = Console(stderr=True)
+    out = err if json_out else Console()
+    settings = Settings()
+    if not dsn:
+        if not settings.replay_database_url:
+            err.print("[red]no database: pass --dsn or set INFERWATCH_REPLAY_DATABASE_URL[/]")
+            raise typer.Exit(2)
+        dsn = settings.replay_database_url.get_secret_value()
+    try:
+        lo, hi = parse_when(since), parse_when(until)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if lo >= hi:
+        raise typer.BadParameter("--since must be before --until")
+    rules: dict[str, str] = dict(settings.audit_privacy)
+    if privacy is not None:
+        try:
+            rules = {str(k): str(v) for k, v in json.loads(privacy).items()}
+        except (ValueError, AttributeError) as exc:
+            raise typer.BadParameter(f"not a JSON object: {exc}", param_hint="--privacy") from None
+    try:
+        predictor = Predictor(load_model(candidate))
+    except (OSError, ValueError, ModelLoadError) as exc:
+        raise typer.BadParameter(f"{candidate}: {exc}", param_hint="--candidate") from None
+    columns = (
+        SpinnerColumn(),
+        TextColumn("replay"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    try:
+        with Progress(*columns, console=err, transient=True) as progress:
+            task = progress.add_task("replay", total=None)
+            report = run_replay(
+                dsn,
+                predictor,
+                since=lo,
+                until=hi,
+                model_name=model_name or predictor.metadata.name,
+                model_version=model_version,
+                replay_id=replay_id,
+                privacy_rules=rules,
+                batch_size=batch_size,
+                on_total=lambda n: progress.update(task, total=n),
+                on_progress=lambda n: progress.update(task, completed=n),
+            )
+    except ReplayError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    except psycopg.Error as exc:
+        err.print(f"[red]database error: {type(exc).__name__}: {str(exc).strip()[:300]}[/]")
+        raise typer.Exit(2) from None
+    replay_report.print_report(out, report)
+    png = replay_report.plot(report, out_dir / f"{report.replay_id}.png") if plots else None
+    if png is not None:
+        err.print(f"wrote {png}")
+    if json_out:
+        doc = {**report.to_dict(), "plot": str(png) if png else None}
+        sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``drift``, ``load`` and ``analysis-job`` to the main ``inferwatch`` app."""
+    """Add ``drift``, ``load``, ``analysis-job`` and ``replay`` to the main ``inferwatch`` app."""
     app.command("drift")(drift)
     app.command("load")(load)
     app.command("analysis-job")(analysis_job)
+    app.command("replay")(replay)

@@ -19,6 +19,7 @@ from inferwatch.api.validation import InstanceValidator
 from inferwatch.audit.sink import AuditSink
 from inferwatch.inference.batcher import MicroBatcher
 from inferwatch.inference.predictor import Predictor
+from inferwatch.inference.shadow import ShadowScorer
 from inferwatch.settings import Settings
 from inferwatch.telemetry import instruments as names
 from inferwatch.telemetry.instruments import ServiceInstruments
@@ -36,6 +37,8 @@ class Runtime:
     batcher: MicroBatcher  # every model call goes through it: never on the event loop
     # the analyst-role queries of /v1/monitoring/*; None without INFERWATCH_ANALYST_DATABASE_URL
     monitoring: MonitoringStore | None = None
+    # the candidate scoring live traffic off the request path; None without a shadow model
+    shadow: ShadowScorer | None = None
     ready: bool = True
     model_attrs: Attributes = field(init=False)  # outcome "ok"
     error_attrs: Attributes = field(init=False)  # outcome "error": the model call raised

@@ -137,6 +137,13 @@ def roles(
     owner_password: Annotated[str | None, _password_opt("INFERWATCH_OWNER_PASSWORD")] = None,
     writer_password: Annotated[str | None, _password_opt("INFERWATCH_WRITER_PASSWORD")] = None,
     analyst_password: Annotated[str | None, _password_opt("INFERWATCH_ANALYST_PASSWORD")] = None,
+    replay_password: Annotated[
+        str | None,
+        typer.Option(
+            help="default: INFERWATCH_REPLAY_PASSWORD; unset: the replay role cannot log in",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Create the owner, writer and analyst roles (passwords required, never defaulted)."""
     settings = Settings()
@@ -146,10 +153,17 @@ def roles(
             owner_password=_password(owner_password, settings.owner_password),
             writer_password=_password(writer_password, settings.writer_password),
             analyst_password=_password(analyst_password, settings.analyst_password),
+            replay_password=replay_password
+            if replay_password is not None
+            else (
+                settings.replay_password.get_secret_value() if settings.replay_password else None
+            ),
         )
     except mig.MigrationError as exc:
         _fail(str(exc))
-    typer.echo(f"roles ready: {mig.OWNER_ROLE}, {mig.WRITER_ROLE}, {mig.ANALYST_ROLE}")
+    typer.echo(
+        f"roles ready: {mig.OWNER_ROLE}, {mig.WRITER_ROLE}, {mig.ANALYST_ROLE}, {mig.REPLAY_ROLE}"
+    )
 
 
 @db_app.command()

@@ -37,10 +37,11 @@ from uuid import UUID
 import orjson
 
 from inferwatch.audit.privacy import PrivacyPolicy
-from inferwatch.audit.records import AuditRecord, OutcomeRecord, PredictionRecord
+from inferwatch.audit.records import AuditRecord, OutcomeRecord, PredictionRecord, ReplayRecord
 
 KIND_PREDICTION: Final = 1
 KIND_OUTCOME: Final = 2
+KIND_REPLAY: Final = 3
 
 PREDICTION_COLUMNS: Final = (
     "prediction_id",
@@ -316,7 +317,58 @@ def encode_outcome(r: OutcomeRecord) -> Encoded:
 def encode(record: AuditRecord, policy: PrivacyPolicy) -> Encoded:
     if isinstance(record, PredictionRecord):
         return encode_prediction(record, policy)
+    if isinstance(record, ReplayRecord):
+        return encode_replay(record)
     return encode_outcome(record)
+
+
+# A replay row (table ``replays``, migration 0005). The prediction id comes first, so
+# ``tuple_key`` finds it as it does for the other kinds.
+REPLAY_COLUMNS: Final = (
+    "prediction_id",
+    "replay_id",
+    "ts",
+    "mode",
+    "model_name",
+    "model_version",
+    "prediction",
+    "probability",
+    "scored_at",
+)
+REPLAY_TYPES: Final = (
+    "uuid",
+    "text",
+    "timestamptz",
+    "text",
+    "text",
+    "text",
+    "smallint",
+    "double precision",
+    "timestamptz",
+)
+_REPLAY_HEAD: Final = b"\x00\x09\x00\x00\x00\x10"  # 9 fields, then a 16-byte uuid
+
+
+def encode_replay(r: ReplayRecord) -> Encoded:
+    rid, d1 = _text(r.replay_id)
+    mode, d2 = _text(r.mode)
+    name, d3 = _text(r.model_name)
+    ver, d4 = _text(r.model_version)
+    data = b"".join(
+        (
+            _REPLAY_HEAD,
+            r.prediction_id.bytes,
+            rid,
+            _ts(r.ts),
+            mode,
+            name,
+            ver,
+            _pack_i2(2, r.prediction),
+            _pack_f8(8, r.probability),
+            _ts(r.scored_at),
+        )
+    )
+    return Encoded(KIND_REPLAY, data, d1 or d2 or d3 or d4)
 
 
 def copy_stream(tuples: Sequence[bytes]) -> bytes:

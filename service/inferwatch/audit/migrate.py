@@ -8,7 +8,7 @@ from several processes at once; an applied file whose checksum changed is refuse
 
 Objects are owned by ``inferwatch_owner``: when the DSN's user is another role
 (e.g. a superuser) the runner ``SET ROLE``s to the owner first.
-``ensure_roles`` (needs CREATEROLE) creates the owner, writer and analyst roles;
+``ensure_roles`` (needs CREATEROLE) creates the owner, writer, analyst and replay roles;
 passwords come from the caller and an empty one is refused.
 """
 
@@ -26,6 +26,8 @@ from psycopg import sql
 OWNER_ROLE: Final = "inferwatch_owner"
 WRITER_ROLE: Final = "inferwatch_writer"
 ANALYST_ROLE: Final = "inferwatch_analyst"
+# `inferwatch replay`: reads the audit log, appends to `replays` only (migration 0005)
+REPLAY_ROLE: Final = "inferwatch_replay"
 MIGRATION_LOCK_KEY: Final = 0x1F_A0D1_7001  # pg_advisory_xact_lock key of the runner
 DEFAULT_DAYS_AHEAD: Final = 7
 DEFAULT_RETENTION_DAYS: Final = 90
@@ -155,11 +157,16 @@ def ensure_roles(
     owner_password: str,
     writer_password: str,
     analyst_password: str,
+    replay_password: str | None = None,
 ) -> None:
-    """Create (or update the passwords of) the three roles; make the owner own the DB.
+    """Create (or update the passwords of) the roles; make the owner own the DB.
 
-    Needs a role with CREATEROLE that owns the database or is a superuser.
+    Needs a role with CREATEROLE that owns the database or is a superuser. The replay
+    role always exists (migration 0005 grants to it) but can log in only once it has a
+    password: without ``replay_password`` it is created NOLOGIN, or left as it is.
     """
+    if replay_password is not None and not replay_password.strip():
+        raise MigrationError(f"refusing an empty password for {REPLAY_ROLE}")
     passwords = {
         OWNER_ROLE: owner_password,
         WRITER_ROLE: writer_password,
@@ -188,3 +195,22 @@ def ensure_roles(
         # the writer's staging tables are TEMP tables
         conn.execute(sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(dbi, writer))
         conn.execute(sql.SQL("ALTER ROLE {} SET statement_timeout = '60s'").format(writer))
+        _ensure_replay_role(conn, dbi, replay_password)
+
+
+def _ensure_replay_role(
+    conn: psycopg.Connection[object], dbi: sql.Identifier, password: str | None
+) -> None:
+    ident = sql.Identifier(REPLAY_ROLE)
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (REPLAY_ROLE,)).fetchone()
+    flags = "NOSUPERUSER NOCREATEDB NOCREATEROLE"
+    if password is not None:
+        verb = "ALTER" if exists else "CREATE"
+        conn.execute(
+            sql.SQL(verb + " ROLE {} LOGIN " + flags + " PASSWORD {}").format(
+                ident, sql.Literal(password)
+            )
+        )
+    elif not exists:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN " + flags).format(ident))
+    conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(dbi, ident))

@@ -98,4 +98,23 @@ class OutcomeRecord:
     observed_at: datetime | None = None  # when the truth happened, if the caller knows
 
 
-AuditRecord = PredictionRecord | OutcomeRecord
+@dataclass(frozen=True, slots=True)
+class ReplayRecord:
+    """A candidate model's prediction for a served one: one row of the ``replays`` table.
+
+    Made by the shadow scorer (``inference/shadow.py``) for a live prediction, and by
+    ``inferwatch replay`` for a logged one; ``replay_id`` names the run.
+    """
+
+    replay_id: str
+    prediction_id: UUID  # the served prediction's id
+    ts: datetime  # the served prediction's ts
+    mode: str  # "shadow" | "replay"
+    model_name: str  # the candidate's
+    model_version: str
+    prediction: int
+    probability: float
+    scored_at: datetime
+
+
+AuditRecord = PredictionRecord | OutcomeRecord | ReplayRecord

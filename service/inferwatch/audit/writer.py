@@ -55,7 +55,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from inferwatch.audit import encoding as enc
 from inferwatch.audit.privacy import PrivacyPolicy
-from inferwatch.audit.records import AuditRecord, OutcomeRecord, PredictionRecord
+from inferwatch.audit.records import AuditRecord, PredictionRecord
 from inferwatch.audit.spool import Spool
 from inferwatch.telemetry.instruments import (
     AUDIT_QUEUE_DEPTH,
@@ -70,10 +70,12 @@ log = logging.getLogger(__name__)
 _TABLES: Final = {
     enc.KIND_PREDICTION: ("predictions", enc.PREDICTION_COLUMNS, enc.PREDICTION_TYPES),
     enc.KIND_OUTCOME: ("outcomes", enc.OUTCOME_COLUMNS, enc.OUTCOME_TYPES),
+    enc.KIND_REPLAY: ("replays", enc.REPLAY_COLUMNS, enc.REPLAY_TYPES),
 }
 _STAGE: Final = {
     enc.KIND_PREDICTION: "audit_stage_predictions",
     enc.KIND_OUTCOME: "audit_stage_outcomes",
+    enc.KIND_REPLAY: "audit_stage_replays",
 }
 # SQLSTATE classes that mean "this data", not "this server": bisect, don't retry.
 _POISON: Final = (pgerrors.DataError, pgerrors.IntegrityError)
@@ -506,7 +508,7 @@ class PostgresAuditWriter:
 
     def _drop(self, records: list[AuditRecord], why: str) -> None:
         for r in records:
-            key = r.prediction_id if isinstance(r, PredictionRecord | OutcomeRecord) else None
+            key = r.prediction_id
             log.error("audit record %s dropped: %s", key, why)
         self._ins.dropped.add(len(records))
 

@@ -108,7 +108,11 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
+        wait_when_alone: bool = False,
     ) -> None:
+        """``wait_when_alone``: always wait up to ``max_wait_s`` for a batch to fill, even
+        after a batch of one (for work nobody waits on, e.g. shadow scoring: fewer, fuller
+        model calls cost the process less CPU)."""
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, max_wait_s >= 0")
         self._predict = predict
@@ -116,6 +120,7 @@ class MicroBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        self.wait_when_alone = wait_when_alone
         self._queue: deque[_Item] = deque()
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -143,6 +148,14 @@ class MicroBatcher:
         ``link``: the request's span context, linked from the batch span.
         Raises :class:`Overloaded` (queue full), :class:`Stopped`, or the model's exception.
         """
+        return await self.enqueue(payload, link)
+
+    def enqueue(
+        self, payload: Mapping[str, Any], link: SpanContext | None
+    ) -> asyncio.Future[BatchResult]:
+        """Queue one request's features without waiting (on the loop's thread): the future
+        resolves as :meth:`predict` does. Raises :class:`Overloaded` or :class:`Stopped` at
+        once. The shadow scorer uses it (fire and forget, a done callback per row)."""
         if self._stopped or self._loop is None or self._arrived is None:
             raise Stopped("the batcher is not running")
         if len(self._queue) >= self.max_queue:
@@ -150,7 +163,7 @@ class MicroBatcher:
         future: asyncio.Future[BatchResult] = self._loop.create_future()
         self._queue.append(_Item(payload, link, future))
         self._arrived.set()
-        return await future
+        return future
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` (a whole batch request's model call) in the model thread."""
@@ -164,7 +177,8 @@ class MicroBatcher:
             if not queue:
                 arrived.clear()
                 await arrived.wait()
-            if self.max_wait_s > 0 and self._last_batch > 1 and len(queue) < self.max_batch_size:
+            busy = self._last_batch > 1 or self.wait_when_alone
+            if self.max_wait_s > 0 and busy and len(queue) < self.max_batch_size:
                 await self._fill(loop, arrived, loop.time() + self.max_wait_s)
             n = min(len(queue), self.max_batch_size)
             batch = [queue.popleft() for _ in range(n)]

@@ -89,6 +89,9 @@ ATTR_STATISTIC: Final = "statistic"
 QUALITY_ESTIMATED_PRECISION: Final = "inferwatch.quality.estimated.precision"
 QUALITY_ESTIMATED_RECALL: Final = "inferwatch.quality.estimated.recall"
 QUALITY_ESTIMATED_ROC_AUC: Final = "inferwatch.quality.estimated.roc_auc"
+# shadow scoring (service/inferwatch/inference/shadow.py): live predictions offered to the
+# candidate, by outcome (ATTR_OUTCOME): scored | dropped (queue full) | failed
+SHADOW_PREDICTIONS: Final = "inferwatch.shadow.predictions"
 
 
 # --- unit and kind of every metric above ---------------------------------------------
@@ -137,6 +140,7 @@ METRICS: Final[Mapping[str, MetricSpec]] = MappingProxyType(
         QUALITY_ESTIMATED_PRECISION: MetricSpec("1", "gauge"),
         QUALITY_ESTIMATED_RECALL: MetricSpec("1", "gauge"),
         QUALITY_ESTIMATED_ROC_AUC: MetricSpec("1", "gauge"),
+        SHADOW_PREDICTIONS: MetricSpec("{prediction}", "counter"),
     }
 )
 

@@ -112,10 +112,11 @@ async def predict(request: Request) -> Response:
             attrs[names.ATTR_ENTITY_TYPE] = inst.entity_type
             attrs[names.ATTR_ENTITY_ID] = inst.entity_id
         span.set_attributes(attrs)
+    ts = datetime.now(UTC)
     runtime.audit.submit(
         PredictionRecord.from_prediction(
             prediction_id=uid,
-            ts=datetime.now(UTC),
+            ts=ts,
             model_name=meta.name,
             model_version=meta.version,
             instance=inst,
@@ -126,6 +127,8 @@ async def predict(request: Request) -> Response:
             span_id=span_id,
         )
     )
+    if runtime.shadow is not None:  # off the request path: queues the row and returns
+        runtime.shadow.offer(uid, ts, inst.features)
     return Response(
         orjson.dumps(
             {
@@ -215,6 +218,8 @@ async def predict_batch(request: Request, runtime: RuntimeDep) -> Response:
             )
         )
         out.append({"prediction_id": pid, "prediction": r.label, "probability": r.probability})
+        if runtime.shadow is not None:
+            runtime.shadow.offer(uid, now, inst.features)
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attributes(
