@@ -87,7 +87,7 @@ def _result() -> tuple[ModelMetadata, AnalysisResult]:
     )
     quality = Quality(0.5, 5000, 1000, 0.2, 30, 20, 10, 960, 10, 0.66, 0.66, 0.9, 0.02)
     estimate = Estimate(0.5, 5000, 40.0, 25.0, 12.0, 4948.0, 15.0, 0.68, 0.62, 0.91, 24000, 360)
-    return meta, AnalysisResult(report, quality, estimate)
+    return meta, AnalysisResult(report, quality, estimate=estimate)
 
 
 def test_rule_metric_names_exist_in_prometheus(prometheus: str) -> None:
