@@ -33,6 +33,7 @@ import yaml
 
 from grafana import lint
 from grafana.boards import common
+from inferwatch.analysis.drift import DriftThresholds
 from inferwatch.analysis.load import LoadConfig, run_load
 from inferwatch.inference.data import generate_transactions
 from inferwatch.telemetry import instruments as names
@@ -106,7 +107,9 @@ def live(stack: Stack, prom: Prom, client: httpx.Client) -> Live:
             concurrency=4,
         )
     )
-    assert load.ok >= 1500, load.as_dict()  # a timeout on a busy 2-core host is not the point
+    # every request answered; the generator may send fewer than rate x duration on a busy
+    # 2-core host, but never fewer than the drift verdicts need
+    assert load.ok == load.sent >= DriftThresholds().min_rows, load.as_dict()
     # input the service refuses (the rejected counter, the 4xx ratio)
     for _ in range(5):
         assert client.post("/v1/predict", json={"features": {"no_such": 1}}).status_code == 422
