@@ -284,7 +284,7 @@ def test_slow_clients_are_cut_off_and_others_still_served(service: Service) -> N
     for t in threads:
         t.start()
     rows, _ = data.generate_transactions(20, seed=4)
-    latencies = []
+    latencies: list[float] = []
     with httpx.Client(base_url=service.url, timeout=5) as client:
         while any(t.is_alive() for t in threads):  # while the slow clients hold on
             t0 = time.monotonic()

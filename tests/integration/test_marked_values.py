@@ -150,7 +150,7 @@ def test_no_sink_holds_a_marked_value(
         "postgres predictions": stored[0].encode(),
         "postgres outcomes": outcomes[0].encode(),
     }
-    secrets = {
+    secrets: dict[str, str | float] = {
         "analyst key": ANALYST_KEY,
         "HMAC key": HMAC_KEY,
         "analyst password": TEST_PASSWORDS["analyst"],
