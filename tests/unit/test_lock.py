@@ -83,5 +83,5 @@ def test_environment_is_the_lock() -> None:
         if canonicalize_name(d.metadata["Name"]) != "inferwatch"
     }
     if "pip" not in locked():  # the venv's own installer, unless a dependency needs it
-        installed.pop("pip", None)
+        installed.pop(canonicalize_name("pip"), None)
     assert installed == {name: Version(v) for name, v in locked().items()}
