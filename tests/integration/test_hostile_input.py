@@ -399,3 +399,24 @@ def test_sql_significant_feature_and_model_strings_are_stored_verbatim(
             s,
             {"mcc": s, "note": {"nested": s}, "amount": 1.5},
         )
+
+
+def test_a_nan_probability_in_the_table_is_no_500(service: Service) -> None:
+    """A NaN probability is stored as served (tests/integration/test_audit_writer.py); the
+    monitoring histogram counts it in its class and in no bin, rather than failing."""
+    with psycopg.connect(service.db.admin_dsn) as conn:
+        conn.execute(
+            "INSERT INTO predictions (prediction_id, ts, model_name, model_version, features,"
+            " prediction, probability, latency_s, trace_id, span_id)"
+            " VALUES (%s, now(), 'card-fraud', 'nan-test', '{}', 1, 'NaN', 0.001, '', '')",
+            (uuid.uuid4(),),
+        )
+    resp = httpx.get(
+        f"{service.url}/v1/monitoring/distribution",
+        params={"model_version": "nan-test"},
+        headers={"X-API-Key": KEY},
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["count"] == 1
+    assert sum(b["count"] for b in body["probability_histogram"]) == 0

@@ -135,7 +135,10 @@ class MonitoringStore:
         self, since: datetime, until: datetime, model_version: str | None, bins: int
     ) -> dict[str, Any]:
         rows = self._fetch(
-            "SELECT prediction, least(width_bucket(probability, 0, 1, %(bins)s), %(bins)s) AS b,"
+            # a NaN probability (stored as served) counts in its class but in no bin:
+            # width_bucket refuses NaN
+            "SELECT prediction, CASE WHEN probability = 'NaN' THEN NULL"
+            " ELSE least(width_bucket(probability, 0, 1, %(bins)s), %(bins)s) END AS b,"
             " count(*) AS n FROM predictions"
             " WHERE ts >= %(since)s AND ts < %(until)s"
             " AND (%(v)s::text IS NULL OR model_version = %(v)s)"
@@ -146,7 +149,8 @@ class MonitoringStore:
         hist = [0] * bins
         for r in rows:
             classes[str(r["prediction"])] = classes.get(str(r["prediction"]), 0) + int(r["n"])
-            hist[max(int(r["b"]), 1) - 1] += int(r["n"])
+            if r["b"] is not None:
+                hist[max(int(r["b"]), 1) - 1] += int(r["n"])
         total = sum(classes.values())
         return {
             "count": total,
