@@ -84,8 +84,12 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _num(v: float) -> str:
+    return f"{v:.4f}" if v >= 1e-4 or v == 0 else f"{v:.1e}"
+
+
 def errors(rows: list[Row]) -> str:
-    out = ["", f"{'error (abs)':<28}" + "".join(f"{m:>22}" for m in METRICS)]
+    out = ["", f"{'error (abs)':<20}" + "".join(f"{m:>26}" for m in METRICS)]
     pairs = (
         ("ours - realized", "ours", "realized"),
         ("NannyML - realized", "nannyml", "realized"),
@@ -95,8 +99,8 @@ def errors(rows: list[Row]) -> str:
         cells = ""
         for m in METRICS:
             d = np.array([abs(getattr(r, a)[m] - getattr(r, b)[m]) for r in rows])
-            cells += f"{f'mean {d.mean():.4f} max {d.max():.4f}':>22}"
-        out.append(f"{label:<28}{cells}")
+            cells += f"{f'mean {_num(d.mean())} max {_num(d.max())}':>26}"
+        out.append(f"{label:<20}{cells}")
     return "\n".join(out)
 
 

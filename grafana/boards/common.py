@@ -94,6 +94,9 @@ _PER_MODEL = (
     names.QUALITY_LABEL_COVERAGE,
     names.ANALYSIS_ROWS,
     names.ANALYSIS_LAST_SUCCESS,
+    names.QUALITY_ESTIMATED_PRECISION,
+    names.QUALITY_ESTIMATED_RECALL,
+    names.QUALITY_ESTIMATED_ROC_AUC,
 )
 # every metric of the service: per model (name and version) or per process only (HTTP,
 # audit writer, telemetry queue, rejected requests carry no model label)
