@@ -408,3 +408,21 @@ def test_the_summary_view_counts_values_beyond_the_training_range(
         assert got[r.name] == expected, r.name
     assert got["credit_utilization"][3] > 0  # the rows above the training maximum
     assert got["account_age_days"][2] > 0  # and below the minimum
+
+
+def test_a_backfill_is_bounded_per_call_newest_first(
+    audit_db: AuditDb, refs: list[drift.FeatureReference]
+) -> None:
+    fill(audit_db.writer_dsn, "p-backfill", T0, 8, 30, seed=500)
+    key = profiles.Key("card-fraud", "p-backfill")
+    horizon = datetime.now(UTC) - T0
+    since, until = T0, T0 + 8 * HOUR
+    want, _ = raw(audit_db, refs, "p-backfill", since, until)
+    for profiled, rolled in ((3, 3), (6, 3), (8, 2)):  # newest first, 3 at most per call
+        res = profiles.rollup(
+            audit_db.analyst_dsn, refs, key, settle=SETTLE, horizon=horizon, max_new=3
+        )
+        assert (res.buckets, res.rows) == (rolled, 30 * rolled)
+        got, _, sources = merged(audit_db, refs, "p-backfill", since, until)
+        assert sources.profiled == {"1h": profiled}
+        assert_same(refs, got, want)
