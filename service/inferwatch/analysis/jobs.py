@@ -201,7 +201,14 @@ def rollup_profiles(dsn: str, meta: ModelMetadata, cfg: JobConfig) -> profiles.R
     policy keeps."""
     refs = profiles.privacy_kept(parse_profile(meta.reference_profile), cfg.privacy)
     key = profiles.Key(meta.name, cfg.model_version, cfg.profile_width)
-    return profiles.rollup(dsn, refs, key, settle=cfg.profile_settle, horizon=cfg.profile_horizon)
+    return profiles.rollup(
+        dsn,
+        refs,
+        key,
+        settle=cfg.profile_settle,
+        horizon=cfg.profile_horizon,
+        max_new=cfg.profile_backfill_per_run,
+    )
 
 
 def run_forever(
