@@ -16,7 +16,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from inferwatch.analysis import drift, profiles, store
-from inferwatch.analysis.jobs import AnalysisGauges, JobConfig, run_once
+from inferwatch.analysis.jobs import AnalysisGauges, JobConfig, rollup_profiles, run_once
 from inferwatch.audit.privacy import PrivacyPolicy
 from inferwatch.inference import data
 from inferwatch.inference.metadata import ModelMetadata
@@ -426,3 +426,12 @@ def test_a_backfill_is_bounded_per_call_newest_first(
         got, _, sources = merged(audit_db, refs, "p-backfill", since, until)
         assert sources.profiled == {"1h": profiled}
         assert_same(refs, got, want)
+
+
+def test_the_job_rolls_up_a_bounded_backfill(audit_db: AuditDb, reference: dict[str, Any]) -> None:
+    """A first run on a version with no profiles rolls 24 hours, not the 31-day horizon."""
+    cfg = JobConfig(model_version="p-fresh", profile_settle=SETTLE)
+    res = rollup_profiles(audit_db.analyst_dsn, metadata(reference, "p-fresh"), cfg)
+    assert res.buckets == cfg.profile_backfill_per_run == 24
+    again = rollup_profiles(audit_db.analyst_dsn, metadata(reference, "p-fresh"), cfg)
+    assert again.buckets == 24  # the next 24, older
