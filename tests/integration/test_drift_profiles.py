@@ -413,10 +413,12 @@ def test_the_summary_view_counts_values_beyond_the_training_range(
 def test_a_backfill_is_bounded_per_call_newest_first(
     audit_db: AuditDb, refs: list[drift.FeatureReference]
 ) -> None:
-    fill(audit_db.writer_dsn, "p-backfill", T0, 8, 30, seed=500)
+    # the 8 hours before the current one (not T0: a long run may have crossed an hour)
+    start = profiles.floor_bucket(datetime.now(UTC), HOUR) - 8 * HOUR
+    fill(audit_db.writer_dsn, "p-backfill", start, 8, 30, seed=500)
     key = profiles.Key("card-fraud", "p-backfill")
-    horizon = datetime.now(UTC) - T0
-    since, until = T0, T0 + 8 * HOUR
+    horizon = datetime.now(UTC) - start
+    since, until = start, start + 8 * HOUR
     want, _ = raw(audit_db, refs, "p-backfill", since, until)
     for profiled, rolled in ((3, 3), (6, 3), (8, 2)):  # newest first, 3 at most per call
         res = profiles.rollup(
