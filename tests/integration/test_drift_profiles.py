@@ -16,7 +16,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from inferwatch.analysis import drift, profiles, store
-from inferwatch.analysis.jobs import AnalysisGauges, JobConfig, run_once
+from inferwatch.analysis.jobs import AnalysisGauges, JobConfig, rollup_profiles, run_once
 from inferwatch.audit.privacy import PrivacyPolicy
 from inferwatch.inference import data
 from inferwatch.inference.metadata import ModelMetadata
@@ -408,3 +408,32 @@ def test_the_summary_view_counts_values_beyond_the_training_range(
         assert got[r.name] == expected, r.name
     assert got["credit_utilization"][3] > 0  # the rows above the training maximum
     assert got["account_age_days"][2] > 0  # and below the minimum
+
+
+def test_a_backfill_is_bounded_per_call_newest_first(
+    audit_db: AuditDb, refs: list[drift.FeatureReference]
+) -> None:
+    # the 8 hours before the current one (not T0: a long run may have crossed an hour)
+    start = profiles.floor_bucket(datetime.now(UTC), HOUR) - 8 * HOUR
+    fill(audit_db.writer_dsn, "p-backfill", start, 8, 30, seed=500)
+    key = profiles.Key("card-fraud", "p-backfill")
+    horizon = datetime.now(UTC) - start
+    since, until = start, start + 8 * HOUR
+    want, _ = raw(audit_db, refs, "p-backfill", since, until)
+    for profiled, rolled in ((3, 3), (6, 3), (8, 2)):  # newest first, 3 at most per call
+        res = profiles.rollup(
+            audit_db.analyst_dsn, refs, key, settle=SETTLE, horizon=horizon, max_new=3
+        )
+        assert (res.buckets, res.rows) == (rolled, 30 * rolled)
+        got, _, sources = merged(audit_db, refs, "p-backfill", since, until)
+        assert sources.profiled == {"1h": profiled}
+        assert_same(refs, got, want)
+
+
+def test_the_job_rolls_up_a_bounded_backfill(audit_db: AuditDb, reference: dict[str, Any]) -> None:
+    """A first run on a version with no profiles rolls 24 hours, not the 31-day horizon."""
+    cfg = JobConfig(model_version="p-fresh", profile_settle=SETTLE)
+    res = rollup_profiles(audit_db.analyst_dsn, metadata(reference, "p-fresh"), cfg)
+    assert res.buckets == cfg.profile_backfill_per_run == 24
+    again = rollup_profiles(audit_db.analyst_dsn, metadata(reference, "p-fresh"), cfg)
+    assert again.buckets == 24  # the next 24, older

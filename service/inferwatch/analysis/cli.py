@@ -157,7 +157,7 @@ def drift(
         raise typer.Exit(2) from None
     rpt.print_report(out, result.drift, result.quality, result.estimate)
     if result.sources is not None:
-        err.print(_sources_line(result.sources, settings.drift_profile_width))
+        err.print(_sources_line(result.sources))
     paths = rpt.write_plots(result.drift, out_dir) if plots else []
     for p in paths:
         err.print(f"wrote {p}")
@@ -179,12 +179,10 @@ def _duration(text: str) -> timedelta:
     return now - parse_when("-" + text, now)
 
 
-def _sources_line(sources: WindowSources, width: str) -> str:
+def _sources_line(sources: WindowSources) -> str:
+    merged = " + ".join(f"{n} of {w}" for w, n in sources.profiled.items()) or "none"
     scanned = ", ".join(f"[{a.isoformat()}, {b.isoformat()})" for a, b in sources.scanned)
-    return (
-        f"counts: {sources.profiled_buckets} drift profiles of {width} buckets"
-        f" + a scan of {scanned or 'nothing'}"
-    )
+    return f"counts: drift profiles {merged} + a scan of {scanned or 'nothing'}"
 
 
 def load(

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+import psycopg
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
@@ -73,6 +74,8 @@ class JobConfig:
     profile_horizon: timedelta = profiles.DEFAULT_HORIZON
     profile_settle: timedelta = profiles.DEFAULT_SETTLE
     privacy: Mapping[str, str] = field(default_factory=dict)  # audit policy: no profile
+    # buckets never profiled (a backfill) rolled per run at most, newest first: bounds a run
+    profile_backfill_per_run: int = 24
 
 
 class AnalysisGauges:
@@ -168,14 +171,18 @@ def run_once(
     now: datetime | None = None,
 ) -> AnalysisResult:
     now = now or datetime.now(UTC)
-    rolled = rollup_profiles(dsn, meta, cfg)
-    log.info(
-        "drift profiles of %s: %d buckets rolled up (%d rows) in %.2fs",
-        cfg.model_version,
-        rolled.buckets,
-        rolled.rows,
-        rolled.seconds,
-    )
+    try:
+        rolled = rollup_profiles(dsn, meta, cfg)
+        log.info(
+            "drift profiles of %s: %d buckets rolled up (%d rows) in %.2fs",
+            cfg.model_version,
+            rolled.buckets,
+            rolled.rows,
+            rolled.seconds,
+        )
+    except psycopg.Error:
+        # reads scan what has no current profile: a failed roll-up costs time, not results
+        log.exception("drift profile roll-up failed; drift scans the buckets instead")
     drift_part = analyse(
         dsn,
         meta,
@@ -207,7 +214,14 @@ def rollup_profiles(dsn: str, meta: ModelMetadata, cfg: JobConfig) -> profiles.R
     policy keeps."""
     refs = profiles.privacy_kept(parse_profile(meta.reference_profile), cfg.privacy)
     key = profiles.Key(meta.name, cfg.model_version, cfg.profile_width)
-    return profiles.rollup(dsn, refs, key, settle=cfg.profile_settle, horizon=cfg.profile_horizon)
+    return profiles.rollup(
+        dsn,
+        refs,
+        key,
+        settle=cfg.profile_settle,
+        horizon=cfg.profile_horizon,
+        max_new=cfg.profile_backfill_per_run,
+    )
 
 
 def run_forever(

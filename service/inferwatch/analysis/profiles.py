@@ -187,8 +187,13 @@ def rollup(
     *,
     settle: timedelta = DEFAULT_SETTLE,
     horizon: timedelta = DEFAULT_HORIZON,
+    max_new: int | None = None,
 ) -> RollupResult:
     """Profile the closed buckets of the last ``horizon`` that need it; advance the watermark.
+
+    Outdated profiles are always rebuilt; of the buckets never profiled (a backfill) at
+    most ``max_new``, newest first, so that one call stays bounded: the rest are scanned
+    by reads until a later call profiles them (the watermark covers profiled buckets only).
 
     Each run of contiguous buckets is one transaction (REPEATABLE READ: the bucket's row
     count and its counts come from one snapshot); a failure leaves earlier runs committed
@@ -207,6 +212,8 @@ def rollup(
         closed = floor_bucket(through, key.width)
         lo = floor_bucket(now - horizon, key.width)
         todo = outdated_buckets(conn, key, fp, lo, closed, settle)
+        if max_new is not None:
+            todo = _bounded(conn, key, fp, todo, lo, closed, max_new)
         result = RollupResult(fp, closed_through=closed)
         conn.autocommit = False
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -229,6 +236,8 @@ def rollup(
             c_lo, c_hi = ceil_bucket(lo, coarse.width), floor_bucket(through, coarse.width)
             conn.autocommit = True
             days = outdated_buckets(conn, coarse, fp, c_lo, c_hi, settle)
+            complete = _complete(conn, key, coarse, fp, c_lo, c_hi)
+            days = [d for d in days if d in complete]
             conn.autocommit = False
             for a, b in runs(days, coarse.width, 7):
                 with conn.transaction():
@@ -244,6 +253,55 @@ def rollup(
                 )
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _bounded(
+    conn: Conn,
+    key: Key,
+    fp: str,
+    todo: list[datetime],
+    lo: datetime,
+    hi: datetime,
+    max_new: int,
+) -> list[datetime]:
+    """All outdated buckets that have a profile, and the newest ``max_new`` that have none."""
+    have = {
+        r[0]
+        for r in conn.execute(
+            "SELECT bucket_start FROM drift_profile_buckets WHERE model_name = %(name)s"
+            " AND model_version = %(version)s AND bucket_width = %(w)s AND fingerprint = %(fp)s"
+            " AND bucket_start >= %(lo)s AND bucket_start < %(hi)s",
+            {**key.params(fp), "lo": lo, "hi": hi},
+        ).fetchall()
+    }
+    new = [b for b in todo if b not in have]
+    newest = new[max(0, len(new) - max_new) :] if max_new > 0 else []
+    return sorted([b for b in todo if b in have] + newest)
+
+
+def _complete(
+    conn: Conn, fine: Key, coarse: Key, fp: str, lo: datetime, hi: datetime
+) -> set[datetime]:
+    """The coarse buckets of [lo, hi) whose fine buckets all have a profile."""
+    per = int(coarse.width / fine.width)
+    return {
+        r[0]
+        for r in conn.execute(
+            "SELECT date_bin(%(cw)s, bucket_start, %(origin)s) FROM drift_profile_buckets"
+            " WHERE model_name = %(name)s AND model_version = %(version)s"
+            " AND bucket_width = %(w)s AND fingerprint = %(fp)s"
+            " AND bucket_start >= %(lo)s AND bucket_start < %(hi)s"
+            " GROUP BY 1 HAVING count(*) = %(per)s",
+            {
+                **fine.params(fp),
+                "cw": coarse.width,
+                "origin": ORIGIN,
+                "lo": lo,
+                "hi": hi,
+                "per": per,
+            },
+        ).fetchall()
+    }
 
 
 # --- reading ---------------------------------------------------------------------
