@@ -2,6 +2,11 @@
 
     python -m bench.soak                      # 10 minutes at the default rate
     python -m bench.soak --duration 60 --rate 300 [--keep]
+    python -m bench.soak --probe 200,400,600  # first find the rate, then soak at it
+
+With --probe, short runs (--probe-duration, 60 s) at each rate on the same stack come
+first; the soak runs at the highest rate whose probe passed every check with a P99 under
+PROBE_P99_MS: the rate this machine holds with every component on.
 
 Starts a stack of its own (stack/launch.py: Postgres, Jaeger, the collector, Prometheus,
 the service with its default worker count, the analysis job), offers a constant rate of
@@ -34,6 +39,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -50,6 +56,7 @@ DEFAULT_RATE = 300.0
 SAMPLE_S = 10.0
 WARMUP_S = 15.0  # the start figures are taken this long into the load
 CONNECTIONS = 32
+PROBE_P99_MS = 100.0
 PREDICTIONS = names.prometheus_name(names.PREDICTIONS)
 QUEUE = names.prometheus_name(names.AUDIT_QUEUE_DEPTH)
 SPOOL = names.prometheus_name(names.AUDIT_SPOOL_SIZE)
@@ -295,7 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=600.0, help="seconds of load (600)")
     ap.add_argument("--rate", type=float, default=DEFAULT_RATE, help="offered req/s")
     ap.add_argument("--keep", action="store_true", help="keep the stack's run folder")
+    ap.add_argument("--probe", default="", help="rates to probe first, e.g. 200,400,600")
+    ap.add_argument("--probe-duration", type=float, default=60.0, help="seconds per probe")
     args = ap.parse_args(argv)
+    rate = args.rate
+    probes: list[dict[str, Any]] = []
     with benchmark_lock("soak"):
         run_dir = ROOT / "run" / f"soak-{uuid.uuid4().hex[:8]}"
         stack = Stack(run_dir, Ports.free(), Options(collector=True))
@@ -304,7 +315,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[soak] stack up in {time.monotonic() - t0:.0f}s ({run_dir})")
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                report = soak(stack, args.duration, args.rate, Path(tmp))
+                for r in [float(x) for x in args.probe.split(",") if x]:
+                    pr = soak(stack, args.probe_duration, r, Path(tmp))
+                    held = pr.passed and pr.p99_ms < PROBE_P99_MS
+                    probes.append(
+                        {
+                            "rate": r,
+                            "held": held,
+                            "p99_ms": pr.p99_ms,
+                            "failed": pr.failed,
+                            "checks": pr.checks,
+                        }
+                    )
+                    print(
+                        f"[soak] probe {r:g} req/s for {args.probe_duration:g}s: p99 "
+                        f"{pr.p99_ms:.1f} ms, {pr.failed} failed, "
+                        f"{'held' if held else 'NOT held'} {pr.checks}"
+                    )
+                    if not held:
+                        break
+                    rate = r
+                if probes and not probes[0]["held"]:
+                    rate = probes[0]["rate"] / 2  # not even the lowest probe held
+                report = soak(stack, args.duration, rate, Path(tmp))
         finally:
             stack.down()
             if not args.keep:
@@ -312,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     print_report(report)
     out = ROOT / "run" / "soak-results.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    out.write_text(json.dumps({**asdict(report), "probes": probes}, indent=2) + "\n")
     return 0 if report.passed else 1
 
 
