@@ -262,6 +262,7 @@ def no_failures(ld: Load) -> None:
 def test_postgres_stopped_then_restarted(
     fault_stack: Stack, prom: Prom, rows: list[dict[str, Any]]
 ) -> None:
+    wait_resolved(prom, "InferwatchAuditSpoolGrowing")  # from an earlier case
     with load(fault_stack, rows) as ld:
         t0 = time.time()
         fault_stack.pg.stop("fast")
@@ -271,9 +272,34 @@ def test_postgres_stopped_then_restarted(
         resumed = telemetry_resumes(prom)
     no_failures(ld)
     all_stored(fault_stack, ld)
-    wait_resolved(prom, "InferwatchAuditSpoolGrowing")
     record(
         "postgres_stopped",
+        requests=len(ld.ok),
+        failed=0,
+        alert_s=round(fired, 1),
+        telemetry_resumed_s=round(resumed, 1),
+        stored_once=len(ld.ok),
+    )
+
+
+def test_collector_killed_then_restarted(
+    fault_stack: Stack, prom: Prom, rows: list[dict[str, Any]]
+) -> None:
+    wait_resolved(prom, "InferwatchNoData")  # from an earlier case
+    with load(fault_stack, rows) as ld:
+        pid = fault_stack.pid("collector")
+        assert pid is not None
+        t0 = time.time()
+        os.killpg(pid, signal.SIGKILL)
+        poll(lambda: not pid_alive(pid), 10, "the collector gone")
+        fired = wait_alert(prom, "InferwatchNoData", t0, FAULT_S + 60)
+        hold(t0)
+        fault_stack.start_collector()
+        resumed = telemetry_resumes(prom)
+    no_failures(ld)
+    all_stored(fault_stack, ld)
+    record(
+        "collector_killed",
         requests=len(ld.ok),
         failed=0,
         alert_s=round(fired, 1),
@@ -285,6 +311,7 @@ def test_postgres_stopped_then_restarted(
 def test_postgres_slow_table_locked(
     fault_stack: Stack, prom: Prom, rows: list[dict[str, Any]]
 ) -> None:
+    wait_resolved(prom, "InferwatchAuditSpoolGrowing")  # from an earlier case
     with load(fault_stack, rows) as ld:
         locker = psycopg.connect(fault_stack.dsn("postgres"))
         try:
@@ -298,35 +325,8 @@ def test_postgres_slow_table_locked(
         resumed = telemetry_resumes(prom)
     no_failures(ld)
     all_stored(fault_stack, ld)
-    wait_resolved(prom, "InferwatchAuditSpoolGrowing")
     record(
         "postgres_slow",
-        requests=len(ld.ok),
-        failed=0,
-        alert_s=round(fired, 1),
-        telemetry_resumed_s=round(resumed, 1),
-        stored_once=len(ld.ok),
-    )
-
-
-def test_collector_killed_then_restarted(
-    fault_stack: Stack, prom: Prom, rows: list[dict[str, Any]]
-) -> None:
-    with load(fault_stack, rows) as ld:
-        pid = fault_stack.pid("collector")
-        assert pid is not None
-        t0 = time.time()
-        os.killpg(pid, signal.SIGKILL)
-        poll(lambda: not pid_alive(pid), 10, "the collector gone")
-        fired = wait_alert(prom, "InferwatchNoData", t0, FAULT_S + 60)
-        hold(t0)
-        fault_stack.start_collector()
-        resumed = telemetry_resumes(prom)
-    no_failures(ld)
-    all_stored(fault_stack, ld)
-    wait_resolved(prom, "InferwatchNoData")
-    record(
-        "collector_killed",
         requests=len(ld.ok),
         failed=0,
         alert_s=round(fired, 1),
@@ -338,6 +338,7 @@ def test_collector_killed_then_restarted(
 def test_collector_unreachable_when_the_service_starts(
     fault_stack: Stack, prom: Prom, rows: list[dict[str, Any]]
 ) -> None:
+    wait_resolved(prom, "InferwatchNoData")  # from an earlier case
     t0 = time.time()
     fault_stack.stop("collector")
     fault_stack.stop("service")
@@ -349,7 +350,6 @@ def test_collector_unreachable_when_the_service_starts(
         resumed = telemetry_resumes(prom)
     no_failures(ld)
     all_stored(fault_stack, ld)
-    wait_resolved(prom, "InferwatchNoData")
     record(
         "collector_unreachable_at_start",
         requests=len(ld.ok),
@@ -504,6 +504,7 @@ def _lost_to_kill(stack: Stack, ld: Load, t_kill: float) -> int:
 def test_service_sigkilled_mid_load_and_restarted(
     fault_stack: Stack, prom: Prom, rows: list[dict[str, Any]]
 ) -> None:
+    wait_resolved(prom, "InferwatchNoData")  # from an earlier case
     with load(fault_stack, rows) as ld:
         pid = fault_stack.pid("service")
         assert pid is not None
@@ -516,7 +517,6 @@ def test_service_sigkilled_mid_load_and_restarted(
         resumed = telemetry_resumes(prom)
     no_failures(ld)
     lost = _lost_to_kill(fault_stack, ld, t_kill)
-    wait_resolved(prom, "InferwatchNoData")
     record(
         "service_sigkill",
         requests=len(ld.ok),
@@ -545,6 +545,7 @@ def test_a_worker_killed_while_the_other_lives(
     """Postgres down so that the worker's records sit in its spool slot; the worker is
     SIGKILLed; once Postgres is back its slot is replayed by a live worker (adoption) or
     by its replacement, never by `inferwatch db replay`."""
+    wait_resolved(prom, "InferwatchAuditSpoolGrowing")  # from an earlier case
     log = fault_stack.logs / "service.log"
     log_start = log.stat().st_size
     with load(fault_stack, rows) as ld:
