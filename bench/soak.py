@@ -175,12 +175,16 @@ def soak(stack: Stack, duration_s: float, rate: float, workdir: Path) -> Report:
     ]
     stop = threading.Event()
 
-    def sampler() -> None:
+    def sampler() -> None:  # a sample every SAMPLE_S on a fixed schedule
         t0 = time.monotonic()
-        nxt = 0.0
-        while not stop.wait(max(0.0, nxt - (time.monotonic() - t0))):
+        n = 0
+
+        def until_next() -> float:
+            return max(0.0, n * SAMPLE_S - (time.monotonic() - t0))
+
+        while not stop.wait(until_next()):
             report.samples.append(sample(stack, time.monotonic() - t0))
-            nxt += SAMPLE_S
+            n += 1
 
     th = threading.Thread(target=sampler, daemon=True)
     th.start()
