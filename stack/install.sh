@@ -2,14 +2,13 @@
 # Install and build the real binaries inferwatch's pipeline runs on; idempotent.
 #
 #   stack/install.sh            # everything: postgres, wrk, chromium (apt), collector,
-#                               #   prometheus+promtool, jaeger, compose-check
+#                               #   prometheus+promtool, jaeger, compose-check, vegeta
 #   stack/install.sh collector  # only one part: postgres | wrk | chromium | collector |
-#                               #   prometheus | jaeger | compose-check
-#   stack/install.sh vegeta     # bench-only (not in the default set): constant-rate load
+#                               #   prometheus | jaeger | compose-check | vegeta
 #
 # Output goes to ${INFERWATCH_CACHE:-<repo>/.stack} (git-ignored):
 #   bin/otelcol-inferwatch, bin/prometheus, bin/promtool, bin/jaeger, bin/builder (ocb),
-#   bin/compose-check
+#   bin/compose-check, bin/vegeta (constant-rate load: the soak test and bench/)
 #   stamps/*.sha256  (what each binary was built from; a matching stamp skips the rebuild)
 #   logs/*.log       (full build output; the tail is printed when a step fails)
 # Go's module and build caches stay at Go's defaults (GOMODCACHE, GOCACHE), so later
@@ -99,8 +98,8 @@ install_chromium() {
     if command -v chromium >/dev/null; then log "chromium: present"; else apt_install chromium; fi
 }
 
-# vegeta: open-loop, constant-rate HTTP load for bench/overhead's equal-load latency
-# comparison (wrk is closed-loop). Bench-only, so not part of the default set.
+# vegeta: open-loop, constant-rate HTTP load (wrk is closed-loop): the soak test in the
+# suite, bench/soak and bench/overhead's equal-load latency comparison.
 build_vegeta() {
     go_env
     local stamp
@@ -204,7 +203,7 @@ build_jaeger() {
 
 main() {
     local parts=("$@")
-    [[ ${#parts[@]} -gt 0 ]] || parts=(postgres wrk chromium collector prometheus jaeger compose-check)
+    [[ ${#parts[@]} -gt 0 ]] || parts=(postgres wrk chromium collector prometheus jaeger compose-check vegeta)
     local t0=$SECONDS
     for p in "${parts[@]}"; do
         case "$p" in

@@ -378,3 +378,7 @@ def test_monitoring_drift_counts_what_was_served(app: App, model: LoadedModel) -
     too_long = {"since": (until - timedelta(days=40)).isoformat(), "until": until.isoformat()}
     r = app.client.get("/v1/monitoring/drift", headers={"X-API-Key": KEY}, params=too_long)
     assert r.status_code == 422
+    # a number is not a time (RFC 3339 only, as the OpenAPI document says)
+    r = app.client.get("/v1/monitoring/drift", headers={"X-API-Key": KEY}, params={"until": "0.5"})
+    assert r.status_code == 422
+    assert [d["field"] for d in r.json()["detail"]] == ["until"]

@@ -183,10 +183,10 @@ def distribution(
 def drift(
     store: Store,
     runtime: RuntimeDep,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Instant = None,
+    until: Instant = None,
 ) -> dict[str, Any]:
-    lo, hi = _window(since, until, timedelta(hours=1))
+    lo, hi = _window(_instant("since", since), _instant("until", until), timedelta(hours=1))
     settings = runtime.settings
     now = parse_when("now")
     width = check_width(now - parse_when("-" + settings.drift_profile_width, now))
