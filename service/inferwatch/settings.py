@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     audit_queue_size: int = Field(50_000, ge=1)
     audit_batch_size: int = Field(2_000, ge=1)
     audit_flush_interval_s: float = Field(0.5, gt=0)
+    # every record on disk (page cache) before its response: a killed process loses none
+    # (inferwatch.audit.journal); off, a SIGKILL loses up to a flush interval of records
+    audit_journal: bool = True
     audit_shutdown_timeout_s: float = Field(10.0, ge=0)
     # per-feature privacy policy: feature -> keep | drop | hash
     audit_privacy: dict[str, Literal["keep", "drop", "hash"]] = Field(default_factory=dict)

@@ -32,4 +32,5 @@ def build_audit_sink(settings: Settings, meter: Meter) -> AuditSink:
         queue_size=settings.audit_queue_size,
         batch_size=settings.audit_batch_size,
         flush_interval_s=settings.audit_flush_interval_s,
+        journal=settings.audit_journal,
     )

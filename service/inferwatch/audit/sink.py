@@ -1,13 +1,15 @@
 """The seam between the request path and audit storage.
 
-``AuditSink`` is the role the API depends on. ``submit`` must never block, raise or
-do I/O on the caller's thread: the Postgres writer enqueues (and spools when its
-queue is full); the in-memory sink appends to a list for tests.
+``AuditSink`` is the role the API depends on. ``submit`` must never block or raise,
+and does no I/O on the caller's thread but one page-cache write: the Postgres writer
+journals and enqueues (and spools when its queue is full); the in-memory sink appends
+to a list for tests.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from inferwatch.audit.records import AuditRecord, OutcomeRecord, PredictionRecord
@@ -20,6 +22,9 @@ class AuditSink(Protocol):
 
     def submit(self, record: AuditRecord) -> None:
         """Hand one record over. O(µs), never blocks, never raises."""
+
+    def submit_many(self, records: Sequence[AuditRecord]) -> None:
+        """``submit`` for the records of one request (one journal write for all)."""
 
     def close(self, timeout_s: float) -> None:
         """Flush what is pending (bounded by ``timeout_s``) and stop."""
@@ -40,6 +45,10 @@ class InMemoryAuditSink:
     def submit(self, record: AuditRecord) -> None:
         with self._lock:
             self.records.append(record)
+
+    def submit_many(self, records: Sequence[AuditRecord]) -> None:
+        with self._lock:
+            self.records.extend(records)
 
     def close(self, timeout_s: float) -> None:
         self.closed = True

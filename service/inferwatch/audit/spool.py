@@ -6,7 +6,9 @@ or when no database is configured; replayed in order once Postgres answers.
 Layout: ``<spool_dir>/slot-N/`` (one slot per live process, held by an exclusive
 ``flock`` on ``slot-N/lock``, so several workers never share segments; a restarted
 process takes the first free slot and replays what it holds) containing
-``seg-<16-digit sequence>.log`` segments and ``deadletter.log``. A slot whose owner died
+``seg-<16-digit sequence>.log`` segments, the write-ahead journal's ``wal-<sequence>.log``
+files (``inferwatch.audit.journal``: a live process's own; a dead one's are replayed like
+segments) and ``deadletter.log``. A slot whose owner died
 and that no new process took (a worker killed while the others live, a service restarted
 with fewer workers) is an orphan: a live process claims it with the same non-blocking
 ``flock`` (``claim_orphan``), replays it and lets go, so two processes never replay one
@@ -54,6 +56,7 @@ _CRC = struct.Struct(">I")
 HEADER_SIZE: Final = _HEAD.size + _CRC.size
 MAX_SLOTS: Final = 256
 DEFAULT_SEGMENT_BYTES: Final = 8 * 1024 * 1024
+JOURNAL_PREFIX: Final = "wal-"  # the journal's files in a slot (inferwatch.audit.journal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,29 @@ def encode_frame(kind: int, tuples: list[bytes], spooled_at: float) -> bytes:
     head = _HEAD.pack(MAGIC, kind, len(tuples), len(payload), spooled_at)
     crc = zlib.crc32(payload, zlib.crc32(head))
     return head + _CRC.pack(crc) + payload
+
+
+def write_frame(fd: int, frame: bytes, size_before: int) -> None:
+    """Write one frame at the end of a segment opened with O_APPEND. On failure (ENOSPC,
+    EIO) the segment is truncated back to ``size_before`` so that no torn frame sits in
+    front of later ones, and the OSError is raised."""
+    try:
+        view = memoryview(frame)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size_before)
+        raise
+
+
+def _torn(fd: int, size_before: int) -> bool:
+    """Whether the segment behind ``fd`` is longer than it was before a failed write."""
+    try:
+        return os.fstat(fd).st_size != size_before
+    except OSError:
+        return True
 
 
 def iter_frames(data: bytes) -> Iterator[Frame]:
@@ -141,8 +167,9 @@ class Spool:
             break
         else:
             raise OSError(f"all {MAX_SLOTS} spool slots under {self.root} are locked")
-        for path in sorted(self.slot.glob("seg-*.log")):
-            self._seq = max(self._seq, int(path.stem[4:]))
+        for path in pending_segments(self.slot):
+            if path.name.startswith("seg-"):
+                self._seq = max(self._seq, int(path.stem[4:]))
             records, oldest = 0, None
             for fr in iter_frames(path.read_bytes()):
                 records += fr.nrows
@@ -181,15 +208,11 @@ class Spool:
             assert self._active is not None
             before = self._active_size
             try:
-                view = memoryview(frame)
-                while view:
-                    n = os.write(self._fd, view)
-                    view = view[n:]
+                write_frame(self._fd, frame, before)
             except OSError:
-                # never leave a torn frame in front of later ones
-                try:
-                    os.ftruncate(self._fd, before)
-                except OSError:  # drop the segment's descriptor (no fsync under this lock)
+                # the segment could not even be truncated back: drop its descriptor (no
+                # fsync under this lock); the next append starts a new segment
+                if self._fd is not None and _torn(self._fd, before):
                     fd = self._detach_active()
                     if fd is not None:
                         with contextlib.suppress(OSError):
@@ -258,7 +281,7 @@ class Spool:
         us; None when there is none. The caller replays it and calls ``release``."""
         own = self.slot
         for slot in sorted(self.root.glob("slot-*")):
-            if slot == own or not any(slot.glob("seg-*.log")):
+            if slot == own or not pending_segments(slot):
                 continue
             try:
                 fd = os.open(slot / "lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -318,6 +341,13 @@ class Spool:
             os.close(fd)
 
 
+def pending_segments(slot: Path) -> list[Path]:
+    """What a slot holds for Postgres: its spool segments, oldest first, then the journal
+    files its owner left (``inferwatch.audit.journal``; replayed idempotently, so records
+    a journal shares with Postgres or the spool are stored once)."""
+    return sorted(slot.glob("seg-*.log")) + sorted(slot.glob(f"{JOURNAL_PREFIX}*.log"))
+
+
 def _fsync_close(fd: int | None) -> None:
     if fd is not None:
         with contextlib.suppress(OSError):
@@ -333,8 +363,8 @@ class OrphanSlot:
         self._lock_fd: int | None = lock_fd
 
     def segments(self) -> list[Path]:
-        """Its segments, oldest first (read after the lock was taken: complete)."""
-        return sorted(self.slot.glob("seg-*.log"))
+        """Its segments and journal files (read after the lock was taken: complete)."""
+        return pending_segments(self.slot)
 
     def read(self, path: Path) -> list[Frame]:
         return list(iter_frames(path.read_bytes()))

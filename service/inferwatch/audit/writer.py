@@ -1,9 +1,12 @@
 """The audit writer: request path enqueues, a background thread COPYs to Postgres.
 
 ``submit`` (request threads) appends the record to a bounded in-memory deque and
-returns: no I/O, no lock, no encoding, O(µs). When the deque is full the record
-is encoded and appended to the disk spool on the caller's thread (degraded mode:
-a page-cache write, still no network), never dropped.
+returns. With the write-ahead journal on (the default, ``inferwatch.audit.journal``) it
+first encodes the record and appends it to the journal with one ``write(2)``, so a
+record whose response was sent survives the process being killed; without it, no I/O,
+no lock, no encoding. When the deque is full the record is encoded and appended to the
+disk spool on the caller's thread (degraded mode: a page-cache write, still no
+network), never dropped.
 
 One background thread ("inferwatch-audit") does everything else:
 - drains the deque in batches (``batch_size`` records, or whatever arrived within
@@ -54,6 +57,7 @@ from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from inferwatch.audit import encoding as enc
+from inferwatch.audit.journal import Journal, JournalFile
 from inferwatch.audit.privacy import PrivacyPolicy
 from inferwatch.audit.records import AuditRecord, PredictionRecord
 from inferwatch.audit.spool import Spool
@@ -104,6 +108,22 @@ def configure_connection(conn: psycopg.Connection[Any]) -> None:
     conn.commit()
 
 
+class Journaled:
+    """A record already encoded and in the journal: what the queue holds when the journal
+    is on (the writer thread copies ``data`` as it is and acknowledges ``file``)."""
+
+    __slots__ = ("data", "file", "kind")
+
+    def __init__(self, kind: int, data: bytes, file: JournalFile | None) -> None:
+        self.kind = kind
+        self.data = data
+        self.file = file
+
+
+_Entry = AuditRecord | Journaled
+_Acks = dict[JournalFile, int]
+
+
 class DatabaseUnavailable(Exception):
     """Postgres could not take the batch now (down, slow, misconfigured)."""
 
@@ -126,6 +146,7 @@ class PostgresAuditWriter:
         copy_workers: int = 2,
         pool_factory: Callable[[str], ConnectionPool[Any]] | None = None,
         adopt_interval_s: float = ADOPT_INTERVAL_S,
+        journal: bool = True,
     ) -> None:
         self._dsn = dsn
         self._policy = policy or PrivacyPolicy()
@@ -135,14 +156,16 @@ class PostgresAuditWriter:
         self._connect_timeout_s = connect_timeout_s
         self._pool_factory = pool_factory or self._default_pool
         self.spool = Spool(spool_dir) if segment_bytes is None else Spool(spool_dir, segment_bytes)
-        self._q: collections.deque[AuditRecord] = collections.deque()
+        self._journal_on = journal
+        self._journal: Journal | None = None  # opened by start(), in the spool's slot
+        self._q: collections.deque[_Entry] = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._deadline = float("inf")
         self._thread: threading.Thread | None = None
         self._pool: ConnectionPool[Any] | None = None
         # batches handed to the COPY workers and not yet committed or spooled
-        self._inflight: dict[int, list[AuditRecord]] = {}
+        self._inflight: dict[int, list[_Entry]] = {}
         self._batch_seq = 0
         self._copy_workers = max(1, copy_workers)
         self._slots = threading.BoundedSemaphore(self._copy_workers)
@@ -177,6 +200,9 @@ class PostgresAuditWriter:
         if self._thread is not None:
             return
         self.spool.open()
+        if self._journal_on:
+            assert self.spool.slot is not None
+            self._journal = Journal(self.spool.slot)
         if self._dsn is not None:
             self._pool = self._pool_factory(self._dsn)
             self._executor = ThreadPoolExecutor(
@@ -189,7 +215,10 @@ class PostgresAuditWriter:
         try:
             q = self._q
             if len(q) < self._queue_size and not self._closed:
-                q.append(record)
+                if self._journal is not None:
+                    q.extend(self._journaled([record], self._journal))
+                else:
+                    q.append(record)
                 if len(q) >= self._batch_size:
                     self._wake.set()
                 return
@@ -197,6 +226,33 @@ class PostgresAuditWriter:
             self._spool_records([record])
         except Exception:  # never reaches the request
             self._drop([record], "submit failed")
+
+    def submit_many(self, records: Sequence[AuditRecord]) -> None:
+        """``submit`` for the records of one request: one journal write for all of them."""
+        if self._journal is None or len(records) < 2:
+            for r in records:
+                self.submit(r)
+            return
+        try:
+            q = self._q
+            if len(q) + len(records) <= self._queue_size and not self._closed:
+                q.extend(self._journaled(records, self._journal))
+                if len(q) >= self._batch_size:
+                    self._wake.set()
+                return
+            self._ins.enqueued.add(len(records))
+            self._spool_records(list(records))
+        except Exception:  # never reaches the request
+            self._drop(list(records), "submit failed")
+
+    def _journaled(self, records: Sequence[AuditRecord], journal: Journal) -> list[Journaled]:
+        """Encode on the caller's thread and append to the journal: one frame per kind."""
+        by_kind = self._encode(records)
+        out: list[Journaled] = []
+        for kind, items in by_kind.items():
+            jf = journal.append(kind, items)
+            out.extend(Journaled(kind, data, jf) for data in items)
+        return out
 
     def close(self, timeout_s: float) -> None:
         if self._closed:
@@ -209,17 +265,21 @@ class PostgresAuditWriter:
             self._thread.join(max(0.0, timeout_s) + 0.5)
             if self._thread.is_alive():
                 # the writer is stuck in Postgres: keep its batch and the queue on disk
-                # (replays are idempotent if the stuck batch commits after all)
+                # (replays are idempotent if the stuck batch commits after all); the stuck
+                # batch stays unacknowledged in the journal too, replayed at the next start
                 log.warning("audit writer did not stop in %.1fs; spooling what is left", timeout_s)
                 for batch in list(self._inflight.values()):
                     self._spool_records(batch)
-                self._spool_records(self._take_all())
+                self._spool_settle(self._take_all())
         else:
             with contextlib.suppress(OSError):
                 self.spool.open()
-            self._spool_records(self._take_all())
+            self._spool_settle(self._take_all())
         with contextlib.suppress(OSError):
             self.spool.sync()
+        if self._journal is not None:
+            with contextlib.suppress(OSError):
+                self._journal.close()
         self.spool.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -244,6 +304,8 @@ class PostgresAuditWriter:
                 now = time.monotonic()
                 if now >= next_sync:
                     next_sync = now + self._flush_interval_s
+                    if self._journal is not None:
+                        self._journal.roll()
                     self.spool.sync()
                     if self.spool.should_roll():
                         self.spool.seal()
@@ -256,24 +318,24 @@ class PostgresAuditWriter:
             return max(0.01, min(self._flush_interval_s, self._retry_at - time.monotonic()))
         return self._flush_interval_s
 
-    def _take(self, n: int) -> list[AuditRecord]:
-        out: list[AuditRecord] = []
+    def _take(self, n: int) -> list[_Entry]:
+        out: list[_Entry] = []
         q = self._q
         with contextlib.suppress(IndexError):
             for _ in range(n):
                 out.append(q.popleft())
         return out
 
-    def _take_all(self) -> list[AuditRecord]:
+    def _take_all(self) -> list[_Entry]:
         return self._take(len(self._q) + 1_000_000)
 
-    def _handle_batch(self, batch: list[AuditRecord]) -> None:
+    def _handle_batch(self, batch: list[_Entry]) -> None:
         """Encode on this thread, COPY on a worker: encoding overlaps the server's work."""
         if not batch:
             return
         self._ins.enqueued.add(len(batch))
         if self._pool is None or self._executor is None or not self._db_may_work():
-            self._spool_records(batch)
+            self._spool_settle(batch)
             return
         self._slots.acquire()  # at most copy_workers batches in flight: back-pressure
         self._batch_seq += 1
@@ -281,13 +343,13 @@ class PostgresAuditWriter:
         self._inflight[seq] = batch
         try:
             by_kind = self._encode(batch)
-            self._executor.submit(self._commit_batch, seq, by_kind)
+            self._executor.submit(self._commit_batch, seq, by_kind, _acks(batch))
         except BaseException:
             self._inflight.pop(seq, None)
             self._slots.release()
             raise
 
-    def _commit_batch(self, seq: int, by_kind: dict[int, list[bytes]]) -> None:
+    def _commit_batch(self, seq: int, by_kind: dict[int, list[bytes]], acks: _Acks) -> None:
         """On a COPY worker: one batch into Postgres, or into the spool if it cannot."""
         try:
             t0 = time.perf_counter()
@@ -311,6 +373,7 @@ class PostgresAuditWriter:
         finally:
             self._inflight.pop(seq, None)
             self._slots.release()
+            self._settle(acks)
 
     def _wait_workers(self) -> None:
         for _ in range(self._copy_workers):
@@ -458,12 +521,18 @@ class PostgresAuditWriter:
         self._retry_at = 0.0
 
     # --- spool and drops ----------------------------------------------------------------
-    def _encode(self, batch: Iterable[AuditRecord]) -> dict[int, list[bytes]]:
+    def _encode(self, batch: Iterable[_Entry]) -> dict[int, list[bytes]]:
         """COPY tuples by kind. The per-record loop of the writer: kept lean."""
         preds: list[bytes] = []
         out: dict[int, list[bytes]] = {enc.KIND_PREDICTION: preds}
         policy, prediction_tuple = self._policy, enc.prediction_tuple
         for r in batch:
+            if isinstance(r, Journaled):  # encoded by submit
+                if r.kind == enc.KIND_PREDICTION:
+                    preds.append(r.data)
+                else:
+                    out.setdefault(r.kind, []).append(r.data)
+                continue
             try:
                 if type(r) is PredictionRecord:
                     data, dirty = prediction_tuple(r, policy)
@@ -483,10 +552,24 @@ class PostgresAuditWriter:
                 out.setdefault(kind, []).append(data)
         return {kind: items for kind, items in out.items() if items}
 
-    def _spool_records(self, records: list[AuditRecord]) -> None:
+    def _spool_records(self, records: list[_Entry]) -> None:
         if records:
             for kind, items in self._encode(records).items():
                 self._spool_encoded(kind, items)
+
+    def _spool_settle(self, entries: list[_Entry]) -> None:
+        """Spool entries the writer took (stored or dropped and logged: settled)."""
+        try:
+            self._spool_records(entries)
+        finally:
+            self._settle(_acks(entries))
+
+    def _settle(self, acks: _Acks) -> None:
+        if acks and self._journal is not None:
+            try:
+                self._journal.ack(acks)
+            except Exception:  # a journal file left behind is replayed idempotently
+                log.exception("audit journal acknowledgement failed")
 
     def _spool_encoded(self, kind: int, items: list[bytes]) -> None:
         try:
@@ -506,9 +589,9 @@ class PostgresAuditWriter:
             self.spool.dead_letter(kind, tuples)
         self._ins.dropped.add(len(tuples))
 
-    def _drop(self, records: list[AuditRecord], why: str) -> None:
+    def _drop(self, records: Sequence[_Entry], why: str) -> None:
         for r in records:
-            key = r.prediction_id
+            key = enc.tuple_key(r.kind, r.data) if isinstance(r, Journaled) else r.prediction_id
             log.error("audit record %s dropped: %s", key, why)
         self._ins.dropped.add(len(records))
 
@@ -536,3 +619,12 @@ class PostgresAuditWriter:
             self._wake.set()
             time.sleep(0.01)
         return False
+
+
+def _acks(entries: Iterable[_Entry]) -> _Acks:
+    """Journal records per journal file among ``entries``."""
+    out: _Acks = {}
+    for e in entries:
+        if type(e) is Journaled and e.file is not None:
+            out[e.file] = out.get(e.file, 0) + 1
+    return out

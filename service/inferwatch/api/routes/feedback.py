@@ -253,8 +253,7 @@ async def feedback(request: Request, runtime: RuntimeDep) -> Response:
         problems = _conflicting_labels(records)
     if problems:
         raise ApiError(422, "validation", "invalid feedback", problems)
-    for rec in records:
-        runtime.audit.submit(rec)
+    runtime.audit.submit_many(records)  # journaled before the 202
     return Response(
         orjson.dumps({"accepted": len(records), "received_at": now.isoformat()}),
         status_code=202,

@@ -199,11 +199,12 @@ async def predict_batch(request: Request, runtime: RuntimeDep) -> Response:
     now = datetime.now(UTC)
     out = []
     pids = []
+    records = []
     for inst, r in zip(valid, results, strict=True):
         uid = uuid7()
         pid = str(uid)
         pids.append(pid)
-        runtime.audit.submit(
+        records.append(
             PredictionRecord.from_prediction(
                 prediction_id=uid,
                 ts=now,
@@ -220,6 +221,7 @@ async def predict_batch(request: Request, runtime: RuntimeDep) -> Response:
         out.append({"prediction_id": pid, "prediction": r.label, "probability": r.probability})
         if runtime.shadow is not None:
             runtime.shadow.offer(uid, now, inst.features)
+    runtime.audit.submit_many(records)  # one journal write before the response
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attributes(
