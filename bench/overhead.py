@@ -23,7 +23,9 @@ Same machine, same model, same load, one run, side by side. One model is trained
   there is concurrency (``INFERWATCH_MICROBATCH_MAX_WAIT_MS=1``; shipped: 0);
 - ``iw-live-shadow``: as iw-live with shadow scoring (``INFERWATCH_SHADOW_MODEL_DIR`` = the
   served model itself, fraction 1): every request is scored a second time off the request
-  path, and its shadow row goes to the audit spool.
+  path, and its shadow row goes to the audit spool;
+- ``iw-live-nojournal``: as iw-live with the audit write-ahead journal off
+  (``INFERWATCH_AUDIT_JOURNAL=false``): what the journal's write per request costs.
 
 Every inferwatch variant runs without a database (``INFERWATCH_DATABASE_URL`` unset), so
 its audit writer is in spool-only mode: every record is encoded and appended to a disk
@@ -261,6 +263,11 @@ VARIANTS: tuple[Variant, ...] = (
         "iw-live-shadow",
         "as iw-live, plus a shadow model (the same one) scoring 100% of traffic",
         shadow=True,
+    ),
+    Variant(
+        "iw-live-nojournal",
+        "as iw-live, audit write-ahead journal off",
+        env={"INFERWATCH_AUDIT_JOURNAL": "false"},
     ),
 )
 
