@@ -14,10 +14,9 @@ from pathlib import Path
 
 from opentelemetry.sdk.metrics import MeterProvider
 
-from inferwatch.audit.spool import JOURNAL_PREFIX
 from inferwatch.audit.writer import PostgresAuditWriter
 from stack.procs import poll
-from tests.fixtures.audit import make_prediction
+from tests.fixtures.audit import journal_records, make_prediction
 
 
 def main() -> None:
@@ -43,7 +42,7 @@ def main() -> None:
     poll(lambda: w.spool.pending_records == int(n2), 60, f"phase 2: {n2} records spooled")
     assert w.spool.slot is not None
     slot = w.spool.slot  # and their journal files settled (rolled and deleted)
-    poll(lambda: not list(slot.glob(f"{JOURNAL_PREFIX}*")), 60, "the journal settled")
+    poll(lambda: journal_records(slot) == 0, 60, "the journal settled")
     w.spool.sync()
     print("SPOOLED", flush=True)
     while True:

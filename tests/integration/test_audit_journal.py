@@ -24,7 +24,13 @@ from inferwatch.audit.spool import JOURNAL_PREFIX
 from inferwatch.telemetry import instruments as names
 from stack.postgres import AuditDb
 from stack.procs import poll
-from tests.fixtures.audit import Metrics, count_ids, make_prediction, running_writer
+from tests.fixtures.audit import (
+    Metrics,
+    count_ids,
+    journal_records,
+    make_prediction,
+    running_writer,
+)
 
 pytestmark = [pytest.mark.integration]
 REPO = Path(__file__).resolve().parents[2]
@@ -106,8 +112,9 @@ def test_journal_files_go_once_their_records_are_stored(audit_db: AuditDb, tmp_p
         for r in recs[1_000:]:
             w.submit(r)
         # the journal holds each record from its submit until it is stored
-        assert list(slot.glob(f"{JOURNAL_PREFIX}*"))
-        poll(lambda: not list(slot.glob(f"{JOURNAL_PREFIX}*")), 30, "journal files deleted")
+        assert journal_records(slot) > 0
+        poll(lambda: journal_records(slot) == 0, 30, "the journal's files with records deleted")
+        assert len(list(slot.glob(f"{JOURNAL_PREFIX}*"))) == 1  # the next one, ready
         ids = [r.prediction_id for r in recs]
         assert count_ids(audit_db.admin_dsn, ids) == (3_000, 3_000)
         assert w.spool.pending_records == 0

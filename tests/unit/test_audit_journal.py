@@ -7,6 +7,8 @@ import fcntl
 import os
 from pathlib import Path
 
+import pytest
+
 from inferwatch.audit import encoding as enc
 from inferwatch.audit.journal import Journal
 from inferwatch.audit.spool import JOURNAL_PREFIX, Spool, iter_frames
@@ -24,38 +26,68 @@ def test_a_rolled_file_stays_until_its_last_record_is_settled(tmp_path: Path) ->
     assert a is b  # one active file
     j.ack({a: 2})
     j.roll()
-    assert len(_files(tmp_path)) == 1  # one record outstanding: kept (and fsynced)
+    assert a.path.exists()  # one record outstanding: kept (and msynced)
+    assert a.path.stat().st_size == a.pos  # truncated to what was written
     j.ack({a: 1})
+    assert not a.path.exists()
+    j.close()
     assert _files(tmp_path) == []
 
 
-def test_a_settled_file_goes_at_the_roll_and_an_idle_journal_writes_nothing(
+def test_a_settled_file_goes_at_the_roll_and_an_idle_journal_keeps_one_empty_file(
     tmp_path: Path,
 ) -> None:
-    j = Journal(tmp_path)
+    j = Journal(tmp_path, file_bytes=64 * 1024)
     j.roll()
-    assert _files(tmp_path) == []  # nothing appended: no file at all
+    j.roll()
+    (spare,) = _files(tmp_path)  # the next file, ready, preallocated, holding nothing
+    assert spare.stat().st_size == 64 * 1024
+    assert list(iter_frames(spare.read_bytes())) == []
     a = j.append(enc.KIND_OUTCOME, [b"x"])
     assert a is not None
+    assert a.path == spare  # a request never creates a file while one is ready
     j.ack({a: 1})
-    assert len(_files(tmp_path)) == 1  # still the active file
+    assert a.path.exists()  # still the active file
     j.roll()
-    assert _files(tmp_path) == []
+    assert not a.path.exists()
     c = j.append(enc.KIND_OUTCOME, [b"y"])
     assert c is not None
-    assert c is not a  # the next append opens a new file
+    assert c is not a
+    j.close()
+    assert c.path.exists()  # its record is not settled: replayed at the next start
+    assert len(_files(tmp_path)) == 1
 
 
-def test_journal_frames_are_spool_frames(tmp_path: Path) -> None:
+def test_a_file_that_fills_is_sealed_and_the_next_one_taken(tmp_path: Path) -> None:
+    j = Journal(tmp_path, file_bytes=4096)
+    j.roll()
+    first = j.append(enc.KIND_PREDICTION, [b"r" * 3000])
+    second = j.append(enc.KIND_PREDICTION, [b"s" * 3000])  # does not fit: a new file
+    huge = j.append(enc.KIND_PREDICTION, [b"h" * 10_000])  # bigger than a file
+    assert first is not None
+    assert second is not None
+    assert huge is not None
+    assert len({first.path, second.path, huge.path}) == 3
+    j.ack({first: 1, second: 1})
+    j.roll()
+    assert not first.path.exists()
+    assert not second.path.exists()
+    (frame,) = iter_frames(huge.path.read_bytes())
+    assert frame.payload == b"h" * 10_000
+
+
+def test_journal_frames_are_spool_frames(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     j = Journal(tmp_path)
-    j.append(enc.KIND_PREDICTION, [b"aa", b"bb"])
+    a = j.append(enc.KIND_PREDICTION, [b"aa", b"bb"])
     j.append(enc.KIND_OUTCOME, [b"cc"])
-    (path,) = _files(tmp_path)
-    frames = list(iter_frames(path.read_bytes()))
+    assert a is not None
+    # as a killed process leaves it: mapped, preallocated, the rest of the file zeros
+    frames = list(iter_frames(a.path.read_bytes()))
     assert [(f.kind, f.nrows, f.payload) for f in frames] == [
         (enc.KIND_PREDICTION, 2, b"aabb"),
         (enc.KIND_OUTCOME, 1, b"cc"),
     ]
+    assert "corrupt" not in caplog.text  # the zero tail is not damage
 
 
 def _dead_slot_with_journal(root: Path, n: int) -> Path:

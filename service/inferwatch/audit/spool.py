@@ -98,9 +98,12 @@ def _torn(fd: int, size_before: int) -> bool:
 
 
 def iter_frames(data: bytes) -> Iterator[Frame]:
-    """Valid frames of a segment, in order; corrupt or torn stretches are skipped."""
+    """Valid frames of a segment, in order; corrupt or torn stretches are skipped, and a
+    tail of zero bytes (a journal file's preallocated space) ends it quietly."""
     pos, end = 0, len(data)
     while pos + HEADER_SIZE <= end:
+        if data[pos] == 0 and data.count(0, pos) == end - pos:
+            return  # the unwritten, preallocated tail of a journal file
         magic, kind, nrows, plen, at = _HEAD.unpack_from(data, pos)
         (crc,) = _CRC.unpack_from(data, pos + _HEAD.size)
         start = pos + HEADER_SIZE

@@ -203,6 +203,7 @@ class PostgresAuditWriter:
         if self._journal_on:
             assert self.spool.slot is not None
             self._journal = Journal(self.spool.slot)
+            self._journal.roll()  # its first file ready before the first request
         if self._dsn is not None:
             self._pool = self._pool_factory(self._dsn)
             self._executor = ThreadPoolExecutor(
