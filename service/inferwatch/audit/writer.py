@@ -248,6 +248,11 @@ class PostgresAuditWriter:
 
     def _journaled(self, records: Sequence[AuditRecord], journal: Journal) -> list[Journaled]:
         """Encode on the caller's thread and append to the journal: one frame per kind."""
+        if len(records) == 1 and type(records[0]) is PredictionRecord:  # /predict's case
+            data, dirty = enc.prediction_tuple(records[0], self._policy)
+            if not dirty:
+                kind = enc.KIND_PREDICTION
+                return [Journaled(kind, data, journal.append(kind, [data]))]
         by_kind = self._encode(records)
         out: list[Journaled] = []
         for kind, items in by_kind.items():
