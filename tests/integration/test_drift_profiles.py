@@ -6,7 +6,6 @@ grants hold."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,9 @@ from inferwatch.analysis.jobs import AnalysisGauges, JobConfig, rollup_profiles,
 from inferwatch.audit.privacy import PrivacyPolicy
 from inferwatch.inference import data
 from inferwatch.inference.training import card_fraud_schema, reference_profile
-from stack.postgres import AuditDb, PgCluster
+from stack.postgres import AuditDb
 from stack.procs import poll
 from tests.fixtures.audit import Metrics, make_prediction, model_metadata, running_writer
-from tests.fixtures.pg import make_audit_db, start_test_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -287,16 +285,6 @@ def test_dropped_and_hashed_features_get_no_profile(
     assert result.sources is not None
     assert result.sources.profiled_buckets == 3
     assert verdicts["channel"][1] == 400
-
-
-@pytest.fixture(scope="module")
-def outage_db(pg_cluster: PgCluster) -> Iterator[AuditDb]:
-    """A cluster of its own, which the late-rows test stops and starts."""
-    cluster = start_test_cluster()
-    try:
-        yield make_audit_db(cluster, "inferwatch_profiles")
-    finally:
-        cluster.destroy()
 
 
 def test_rows_the_spool_replays_after_an_outage_are_counted(

@@ -38,6 +38,7 @@ COMPONENT_NAMES = {
     "start_test_cluster",
     "pg_cluster",
     "audit_db",
+    "outage_db",
     "stack",
     "serving",
     "chromium",
