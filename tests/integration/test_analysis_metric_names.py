@@ -27,9 +27,9 @@ from inferwatch.analysis.runner import AnalysisResult
 from inferwatch.inference.metadata import ModelMetadata
 from inferwatch.telemetry import instruments as names
 from stack.launch import Options, Ports, Stack
-from stack.procs import CACHE, ROOT, PollTimeout, poll
+from stack.procs import ROOT, PollTimeout, poll
 from tests.fixtures.audit import model_metadata
-from tests.fixtures.components import component_missing
+from tests.fixtures.components import installed_binary
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +38,7 @@ RULES = ROOT / "prometheus" / "rules" / "analysis.yml"
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = CACHE / "bin" / "prometheus"
-    if not binary.exists():
-        component_missing(f"{binary} missing (run stack/install.sh)")
+    installed_binary("prometheus")
     stack = Stack(tmp_path_factory.mktemp("stack"), Ports.free(), Options(collector=False))
     try:
         stack.start_prometheus()

@@ -29,6 +29,7 @@ SLEEP_OK = "# not synchronisation:"
 # names through which a test reaches a real component
 COMPONENT_NAMES = {
     "component_missing",
+    "installed_binary",
     "require_stack_binaries",
     "running_stack",
     "Stack",
