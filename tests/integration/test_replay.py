@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from uuid import UUID
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from psycopg import errors as pgerrors
 from sklearn.metrics import brier_score_loss, precision_score, recall_score, roc_auc_score
@@ -37,10 +37,6 @@ from inferwatch.inference.predictor import Predictor
 from inferwatch.inference.training import train_model
 from inferwatch.settings import Settings
 from stack.postgres import AuditDb
-
-with warnings.catch_warnings():  # starlette 1.x deprecates httpx for its TestClient
-    warnings.filterwarnings("ignore", message=".*httpx.*", category=UserWarning)
-    from fastapi.testclient import TestClient
 
 pytestmark = pytest.mark.integration
 
