@@ -23,31 +23,14 @@ from inferwatch.inference.training import card_fraud_schema, reference_profile
 from inferwatch.telemetry import instruments as names
 from inferwatch.telemetry.instruments import DRIFT_DATASET, DRIFT_STATISTIC
 from stack.postgres import AuditDb
-from tests.fixtures.audit import insert_predictions
+from tests.fixtures.audit import insert_predictions, model_metadata
 
 pytestmark = pytest.mark.integration
 
 
 def _metadata() -> ModelMetadata:
     cols, _ = data.generate_arrays(40_000, seed=11)
-    return ModelMetadata(
-        name="card-fraud",
-        version="v-job",
-        estimator="X",
-        feature_schema=card_fraud_schema(),
-        classes=(0, 1),
-        positive_class=1,
-        decision_threshold=0.5,
-        metrics={},
-        trained_at=datetime.now(UTC),
-        training_seconds=0.0,
-        training_rows=40_000,
-        seed=11,
-        artifact="model.skops",
-        artifact_sha256="0" * 64,
-        artifact_format="skops",
-        reference_profile=reference_profile(card_fraud_schema(), cols),
-    )
+    return model_metadata("v-job", reference_profile(card_fraud_schema(), cols))
 
 
 def _points(reader: InMemoryMetricReader) -> dict[str, list[tuple[float, dict[str, Any]]]]:

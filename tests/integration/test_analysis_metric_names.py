@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -26,11 +25,11 @@ from inferwatch.analysis.estimate import Estimate
 from inferwatch.analysis.quality import Quality
 from inferwatch.analysis.runner import AnalysisResult
 from inferwatch.inference.metadata import ModelMetadata
-from inferwatch.inference.training import card_fraud_schema
 from inferwatch.telemetry import instruments as names
 from stack.launch import Options, Ports, Stack
-from stack.procs import CACHE, ROOT, PollTimeout, poll
-from tests.fixtures.components import component_missing
+from stack.procs import ROOT, PollTimeout, poll
+from tests.fixtures.audit import model_metadata
+from tests.fixtures.components import installed_binary
 
 pytestmark = pytest.mark.integration
 
@@ -39,9 +38,7 @@ RULES = ROOT / "prometheus" / "rules" / "analysis.yml"
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = CACHE / "bin" / "prometheus"
-    if not binary.exists():
-        component_missing(f"{binary} missing (run stack/install.sh)")
+    installed_binary("prometheus")
     stack = Stack(tmp_path_factory.mktemp("stack"), Ports.free(), Options(collector=False))
     try:
         stack.start_prometheus()
@@ -51,24 +48,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _result() -> tuple[ModelMetadata, AnalysisResult]:
-    meta = ModelMetadata(
-        name="card-fraud",
-        version="v-names",
-        estimator="X",
-        feature_schema=card_fraud_schema(),
-        classes=(0, 1),
-        positive_class=1,
-        decision_threshold=0.5,
-        metrics={},
-        trained_at=datetime.now(UTC),
-        training_seconds=0.0,
-        training_rows=1,
-        seed=1,
-        artifact="model.skops",
-        artifact_sha256="0" * 64,
-        artifact_format="skops",
-        reference_profile={},
-    )
+    meta = model_metadata("v-names")
     stats = (
         StatisticResult("psi", 0.3, 0.2, True),
         StatisticResult("wasserstein", 0.2, 0.15, True),

@@ -7,13 +7,13 @@ lifespan.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from inferwatch.app import create_app
@@ -23,10 +23,6 @@ from inferwatch.inference.loading import LoadedModel, load_model
 from inferwatch.inference.training import train_model
 from inferwatch.settings import Settings
 from stack.postgres import AuditDb
-
-with warnings.catch_warnings():  # starlette 1.x deprecates httpx for its TestClient
-    warnings.filterwarnings("ignore", message=".*httpx.*", category=UserWarning)
-    from fastapi.testclient import TestClient
 
 pytestmark = pytest.mark.integration
 

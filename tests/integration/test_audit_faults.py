@@ -12,30 +12,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
 import pytest
 
 from inferwatch.telemetry import instruments as names
-from stack.postgres import AuditDb, PgCluster
+from stack.postgres import AuditDb
 from stack.procs import poll
 from tests.fixtures.audit import Metrics, count_ids, make_prediction, running_writer
-from tests.fixtures.pg import make_audit_db, start_test_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def outage_db(pg_cluster: PgCluster) -> Iterator[AuditDb]:
-    """A second cluster that these tests stop and start (pg_cluster proves binaries exist)."""
-    cluster = start_test_cluster()
-    try:
-        yield make_audit_db(cluster, "inferwatch_faults")
-    finally:
-        cluster.destroy()
 
 
 def test_postgres_stopped_under_load_loses_and_duplicates_nothing(

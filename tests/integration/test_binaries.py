@@ -26,21 +26,14 @@ import pytest
 import yaml
 
 from stack.launch import read_env_file
-from stack.procs import CACHE, ROOT
-from tests.fixtures.components import component_missing
+from stack.procs import ROOT
+from tests.fixtures.components import installed_binary
 
 VERSIONS = read_env_file(ROOT / "stack" / "versions.env")
 PORTS = read_env_file(ROOT / "stack" / "ports.env")
 COLLECTOR_CONFIG = ROOT / "collector" / "config.yaml"
 JAEGER_CONFIG = ROOT / "jaeger" / "config.yaml"
 COMPONENT_KINDS = ("receivers", "processors", "exporters", "connectors", "extensions")
-
-
-def binary(name: str) -> Path:
-    path = CACHE / "bin" / name
-    if not path.exists():
-        component_missing(f"{path} missing: run stack/install.sh")
-    return path
 
 
 def run(*argv: str | Path) -> str:
@@ -67,7 +60,7 @@ def built_components(binary_path: Path) -> tuple[dict[str, set[str]], dict[str, 
 
 @pytest.mark.integration
 def test_collector_has_every_component_the_config_uses() -> None:
-    built, buildinfo = built_components(binary("otelcol-inferwatch"))
+    built, buildinfo = built_components(installed_binary("otelcol-inferwatch"))
     # what this project relies on, by name (the names changed recently: assert them)
     assert {"otlp"} <= built["receivers"]
     assert {"memory_limiter", "batch"} <= built["processors"]
@@ -83,7 +76,7 @@ def test_collector_has_every_component_the_config_uses() -> None:
 @pytest.mark.integration
 def test_collector_accepts_its_config() -> None:
     """The one config of both stacks (no overlay), with the launcher's and compose's values."""
-    otelcol = binary("otelcol-inferwatch")
+    otelcol = installed_binary("otelcol-inferwatch")
     run(otelcol, "validate", f"--config={COLLECTOR_CONFIG}")
 
 
@@ -131,7 +124,7 @@ def test_manifest_pins_one_release() -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("name", ["prometheus", "promtool"])
 def test_prometheus_is_the_pinned_release(name: str) -> None:
-    out = run(binary(name), "--version")
+    out = run(installed_binary(name), "--version")
     want = VERSIONS["PROMETHEUS_VERSION"]
     assert re.search(rf"^{name}, version {re.escape(want)} ", out, re.M), out
     assert want.startswith("3."), "the project runs Prometheus 3 (OTLP receiver, native histograms)"
@@ -142,7 +135,7 @@ def test_prometheus_is_the_pinned_release(name: str) -> None:
 
 @pytest.mark.integration
 def test_jaeger_is_the_pinned_release() -> None:
-    jaeger = binary("jaeger")
+    jaeger = installed_binary("jaeger")
     want = VERSIONS["JAEGER_VERSION"]
     assert run(jaeger, "--version").splitlines()[0] == f"jaeger version v{want}"
     _, buildinfo = built_components(jaeger)
@@ -166,7 +159,7 @@ def test_jaeger_module_is_pinned() -> None:
 
 @pytest.mark.integration
 def test_jaeger_has_every_component_its_config_uses_and_accepts_it() -> None:
-    jaeger = binary("jaeger")
+    jaeger = installed_binary("jaeger")
     built, _ = built_components(jaeger)
     cfg = yaml.safe_load(JAEGER_CONFIG.read_text())
     for kind, names in component_types(cfg).items():

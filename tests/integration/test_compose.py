@@ -35,8 +35,8 @@ import yaml
 from inferwatch.cli import app as inferwatch_cli
 from stack.launch import read_env_file
 from stack.postgres import PG_AUDIT_SETTINGS, find_pg_bin
-from stack.procs import CACHE, ROOT
-from tests.fixtures.components import component_missing
+from stack.procs import ROOT
+from tests.fixtures.components import installed_binary
 
 pytestmark = pytest.mark.integration
 
@@ -84,9 +84,7 @@ def expected_images() -> dict[str, str]:
 def compose_check(
     env: dict[str, str], compose: Path = COMPOSE, env_files: tuple[Path, ...] = ENV_FILES
 ) -> subprocess.CompletedProcess[str]:
-    binary = CACHE / "bin" / "compose-check"
-    if not binary.exists():
-        component_missing(f"{binary} missing: run stack/install.sh compose-check")
+    binary = installed_binary("compose-check", "compose-check")
     argv = [str(binary), "--project-directory", str(ROOT)]
     for f in env_files:
         argv += ["--env-file", str(f)]
@@ -365,9 +363,7 @@ def test_configs_validate_with_compose_environment(
 ) -> None:
     """The natively built binary accepts the shared config with the environment compose
     gives the container (its own checks: components, endpoints, types)."""
-    path = CACHE / "bin" / binary
-    if not path.exists():
-        component_missing(f"{path} missing: run stack/install.sh")
+    path = installed_binary(binary)
     env = {k: str(v) for k, v in services[service]["environment"].items()}
     proc = subprocess.run(
         [str(path), "validate", f"--config={ROOT / config}"],

@@ -6,7 +6,6 @@ grants hold."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,10 @@ from inferwatch.analysis import drift, profiles, store
 from inferwatch.analysis.jobs import AnalysisGauges, JobConfig, rollup_profiles, run_once
 from inferwatch.audit.privacy import PrivacyPolicy
 from inferwatch.inference import data
-from inferwatch.inference.metadata import ModelMetadata
 from inferwatch.inference.training import card_fraud_schema, reference_profile
-from stack.postgres import AuditDb, PgCluster
+from stack.postgres import AuditDb
 from stack.procs import poll
-from tests.fixtures.audit import Metrics, make_prediction, running_writer
-from tests.fixtures.pg import make_audit_db, start_test_cluster
+from tests.fixtures.audit import Metrics, make_prediction, model_metadata, running_writer
 
 pytestmark = pytest.mark.integration
 
@@ -45,27 +42,6 @@ def reference() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def refs(reference: dict[str, Any]) -> list[drift.FeatureReference]:
     return drift.parse_profile(reference)
-
-
-def metadata(reference: dict[str, Any], version: str) -> ModelMetadata:
-    return ModelMetadata(
-        name="card-fraud",
-        version=version,
-        estimator="X",
-        feature_schema=card_fraud_schema(),
-        classes=(0, 1),
-        positive_class=1,
-        decision_threshold=0.5,
-        metrics={},
-        trained_at=datetime.now(UTC),
-        training_seconds=0.0,
-        training_rows=20_000,
-        seed=5,
-        artifact="model.skops",
-        artifact_sha256="0" * 64,
-        artifact_format="skops",
-        reference_profile=reference,
-    )
 
 
 def payloads(n: int, seed: int, shifted: bool) -> list[dict[str, Any]]:
@@ -284,7 +260,7 @@ def test_dropped_and_hashed_features_get_no_profile(
         for r in recs:
             w.submit(r)
         poll(lambda: w.queue_depth == 0 and w.spool.pending_records == 0, 30, "flushed")
-    meta = metadata(reference, version)
+    meta = model_metadata(version, reference)
     cfg = JobConfig(
         model_version=version, drift_window=3 * HOUR, privacy=rules, profile_settle=SETTLE
     )
@@ -309,16 +285,6 @@ def test_dropped_and_hashed_features_get_no_profile(
     assert result.sources is not None
     assert result.sources.profiled_buckets == 3
     assert verdicts["channel"][1] == 400
-
-
-@pytest.fixture(scope="module")
-def outage_db(pg_cluster: PgCluster) -> Iterator[AuditDb]:
-    """A cluster of its own, which the late-rows test stops and starts."""
-    cluster = start_test_cluster()
-    try:
-        yield make_audit_db(cluster, "inferwatch_profiles")
-    finally:
-        cluster.destroy()
 
 
 def test_rows_the_spool_replays_after_an_outage_are_counted(
@@ -433,7 +399,7 @@ def test_a_backfill_is_bounded_per_call_newest_first(
 def test_the_job_rolls_up_a_bounded_backfill(audit_db: AuditDb, reference: dict[str, Any]) -> None:
     """A first run on a version with no profiles rolls 24 hours, not the 31-day horizon."""
     cfg = JobConfig(model_version="p-fresh", profile_settle=SETTLE)
-    res = rollup_profiles(audit_db.analyst_dsn, metadata(reference, "p-fresh"), cfg)
+    res = rollup_profiles(audit_db.analyst_dsn, model_metadata("p-fresh", reference), cfg)
     assert res.buckets == cfg.profile_backfill_per_run == 24
-    again = rollup_profiles(audit_db.analyst_dsn, metadata(reference, "p-fresh"), cfg)
+    again = rollup_profiles(audit_db.analyst_dsn, model_metadata("p-fresh", reference), cfg)
     assert again.buckets == 24  # the next 24, older

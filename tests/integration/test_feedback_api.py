@@ -16,17 +16,15 @@ import numpy as np
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from opentelemetry.metrics import NoOpMeterProvider
 from psycopg.types.json import Jsonb
 
 from inferwatch.analysis import drift, store
-from inferwatch.app import create_app
 from inferwatch.audit.writer import PostgresAuditWriter
 from inferwatch.inference import data
 from inferwatch.inference.loading import LoadedModel, load_model
 from inferwatch.inference.training import train_model
-from inferwatch.settings import Settings
 from stack.postgres import AuditDb
+from tests.fixtures.api import postgres_app
 
 pytestmark = pytest.mark.integration
 
@@ -56,21 +54,7 @@ class App:
 
 @pytest.fixture
 def app(audit_db: AuditDb, model: LoadedModel, tmp_path: Path) -> Iterator[App]:
-    settings = Settings(
-        environment="test",
-        otlp_enabled=False,
-        telemetry_enabled=False,
-        analyst_api_key=KEY,
-        analyst_database_url=audit_db.analyst_dsn,
-    )
-    writer = PostgresAuditWriter(
-        dsn=audit_db.writer_dsn,
-        spool_dir=tmp_path / "spool",
-        meter=NoOpMeterProvider().get_meter("test"),
-        flush_interval_s=0.05,
-    )
-    application = create_app(settings, model=model, audit_sink=writer)
-    with TestClient(application, raise_server_exceptions=False) as client:
+    with postgres_app(model, audit_db, tmp_path / "spool", KEY) as (client, writer):
         yield App(client, writer, audit_db)
 
 

@@ -17,14 +17,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from opentelemetry.metrics import NoOpMeterProvider
 
-from inferwatch.app import create_app
-from inferwatch.audit.writer import PostgresAuditWriter
 from inferwatch.inference import data
 from inferwatch.inference.loading import LoadedModel
-from inferwatch.settings import Settings
 from stack.postgres import AuditDb
+from tests.fixtures.api import postgres_app
 
 pytestmark = pytest.mark.integration
 
@@ -41,33 +38,12 @@ WRONG = [
 ]
 
 
-def _client(
-    small_model: LoadedModel, audit_db: AuditDb, tmp_path: Path, key: str | None
-) -> Iterator[tuple[TestClient, PostgresAuditWriter]]:
-    settings = Settings(
-        environment="test",
-        otlp_enabled=False,
-        telemetry_enabled=False,
-        analyst_api_key=key,
-        analyst_database_url=audit_db.analyst_dsn,
-    )
-    writer = PostgresAuditWriter(
-        dsn=audit_db.writer_dsn,
-        spool_dir=tmp_path / "spool",
-        meter=NoOpMeterProvider().get_meter("test"),
-        flush_interval_s=0.05,
-    )
-    app = create_app(settings, model=small_model, audit_sink=writer)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        yield client, writer
-
-
 @pytest.fixture
 def served(
     small_model: LoadedModel, audit_db: AuditDb, tmp_path: Path
 ) -> Iterator[tuple[TestClient, str]]:
     """A client of an app with the key set, and an entity id stored through it."""
-    for client, writer in _client(small_model, audit_db, tmp_path, KEY):
+    with postgres_app(small_model, audit_db, tmp_path / "spool", KEY) as (client, writer):
         marker = f"secret-entity-{uuid.uuid4().hex}"
         rows, _ = data.generate_transactions(3, seed=5)
         for row in rows:
@@ -116,7 +92,7 @@ def test_every_monitoring_route_refuses_without_the_right_key_and_leaks_nothing(
 def test_no_key_configured_refuses_every_key(
     small_model: LoadedModel, audit_db: AuditDb, tmp_path: Path
 ) -> None:
-    for client, _ in _client(small_model, audit_db, tmp_path, None):
+    with postgres_app(small_model, audit_db, tmp_path / "spool", None) as (client, _):
         for path in monitoring_paths(client):
             for key in [*WRONG, KEY]:
                 assert _get(client, path, key).status_code == 401, (path, key)

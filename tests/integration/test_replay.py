@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from uuid import UUID
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from psycopg import errors as pgerrors
 from sklearn.metrics import brier_score_loss, precision_score, recall_score, roc_auc_score
@@ -26,6 +26,7 @@ from inferwatch.analysis.replay import (
     REASON_DROPPED,
     REASON_HASHED,
     ReplayError,
+    ReplayReport,
     run_replay,
 )
 from inferwatch.app import create_app
@@ -36,10 +37,6 @@ from inferwatch.inference.predictor import Predictor
 from inferwatch.inference.training import train_model
 from inferwatch.settings import Settings
 from stack.postgres import AuditDb
-
-with warnings.catch_warnings():  # starlette 1.x deprecates httpx for its TestClient
-    warnings.filterwarnings("ignore", message=".*httpx.*", category=UserWarning)
-    from fastapi.testclient import TestClient
 
 pytestmark = pytest.mark.integration
 
@@ -104,9 +101,18 @@ def _label(audit_db: AuditDb, labels: dict[UUID, int]) -> None:
             )
 
 
-def _window() -> tuple[datetime, datetime]:
+def _replay(audit_db: AuditDb, candidate: Predictor, version: str, **kw: Any) -> ReplayReport:
+    """``run_replay`` as the replay role over the last hour of ``version``'s rows."""
     now = datetime.now(UTC)
-    return now - timedelta(hours=1), now + timedelta(minutes=5)
+    return run_replay(
+        audit_db.replay_dsn,
+        candidate,
+        since=now - timedelta(hours=1),
+        until=now + timedelta(minutes=5),
+        model_name="card-fraud",
+        model_version=version,
+        **kw,
+    )
 
 
 def test_replaying_the_served_model_reproduces_every_prediction_exactly(
@@ -116,16 +122,12 @@ def test_replaying_the_served_model_reproduces_every_prediction_exactly(
     rows, y = generate_transactions(300, seed=41)
     ids = _serve(audit_db, served, rows, tmp_path)
     _label(audit_db, {pid: int(v) for pid, v in zip(ids[:120], y[:120], strict=True)})
-    since, until = _window()
     totals: list[int] = []
     progress: list[int] = []
-    report = run_replay(
-        audit_db.replay_dsn,
+    report = _replay(
+        audit_db,
         Predictor(served),
-        since=since,
-        until=until,
-        model_name="card-fraud",
-        model_version="replay-self",
+        "replay-self",
         batch_size=64,  # several batches of the server-side cursor
         on_total=totals.append,
         on_progress=progress.append,
@@ -166,15 +168,7 @@ def test_a_different_candidate_gets_the_right_agreement_and_quality(
     ids = _serve(audit_db, served, rows, tmp_path)
     labeled = {pid: int(v) for pid, v in zip(ids[::2], y[::2], strict=True)}
     _label(audit_db, labeled)
-    since, until = _window()
-    report = run_replay(
-        audit_db.replay_dsn,
-        candidate,
-        since=since,
-        until=until,
-        model_name="card-fraud",
-        model_version="replay-diff",
-    )
+    report = _replay(audit_db, candidate, "replay-diff")
     mine = candidate.predict(rows)
     theirs = Predictor(served).predict(rows)
     agree = sum(a.label == b.label for a, b in zip(mine, theirs, strict=True))
@@ -202,15 +196,7 @@ def test_a_different_candidate_gets_the_right_agreement_and_quality(
     assert served_q.roc_auc == pytest.approx(roc_auc_score(truth, served_probs), abs=1e-12)
     # a replay id is used once
     with pytest.raises(ReplayError, match="exists already"):
-        run_replay(
-            audit_db.replay_dsn,
-            candidate,
-            since=since,
-            until=until,
-            model_name="card-fraud",
-            model_version="replay-diff",
-            replay_id=report.replay_id,
-        )
+        _replay(audit_db, candidate, "replay-diff", replay_id=report.replay_id)
 
 
 def test_payloads_the_privacy_policy_changed_are_not_replayable(
@@ -221,16 +207,7 @@ def test_payloads_the_privacy_policy_changed_are_not_replayable(
     policy = {"amount": "drop", "merchant_category": "hash"}
     _serve(audit_db, served, rows[:30], tmp_path / "a", audit_privacy=policy, audit_hmac_key="k")
     _serve(audit_db, served, rows[30:], tmp_path / "b")  # kept whole
-    since, until = _window()
-    report = run_replay(
-        audit_db.replay_dsn,
-        Predictor(served),
-        since=since,
-        until=until,
-        model_name="card-fraud",
-        model_version="replay-private",
-        privacy_rules=policy,
-    )
+    report = _replay(audit_db, Predictor(served), "replay-private", privacy_rules=policy)
     assert (report.logged, report.replayed, report.not_replayable) == (50, 20, 30)
     assert report.not_replayable_by_feature == {
         "amount": {REASON_DROPPED: 30},
@@ -243,14 +220,7 @@ def test_payloads_the_privacy_policy_changed_are_not_replayable(
         ).fetchone()
     assert n == (20,)  # nothing imputed, nothing written for them
     # without the rules at hand the hash is still recognised, the missing feature named
-    bare = run_replay(
-        audit_db.replay_dsn,
-        Predictor(served),
-        since=since,
-        until=until,
-        model_name="card-fraud",
-        model_version="replay-private",
-    )
+    bare = _replay(audit_db, Predictor(served), "replay-private")
     assert bare.not_replayable_by_feature == {
         "amount": {"missing from the logged payload": 30},
         "merchant_category": {REASON_HASHED: 30},

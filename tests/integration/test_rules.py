@@ -16,20 +16,13 @@ from typing import Any
 import pytest
 import yaml
 
-from stack.procs import CACHE, ROOT
-from tests.fixtures.components import component_missing
+from stack.procs import ROOT
+from tests.fixtures.components import installed_binary
 
 PROM = ROOT / "prometheus"
 RULE_FILES = sorted((PROM / "rules").glob("*.yml"))
 TEST_FILES = sorted((PROM / "tests").glob("*_test.yml"))
 RUNBOOK = ROOT / "docs" / "runbook.md"
-
-
-def promtool() -> Path:
-    path = CACHE / "bin" / "promtool"
-    if not path.exists():
-        component_missing(f"{path} missing: run stack/install.sh")
-    return path
 
 
 def run(*argv: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -55,7 +48,7 @@ def test_generated_files_match_slo_yml() -> None:
 @pytest.mark.parametrize("layout", ["native", "compose"])
 def test_promtool_check_config(layout: str, tmp_path: Path) -> None:
     """prometheus.yml as each stack lays it out: symlinked beside rules/ and targets/."""
-    tool = promtool()
+    tool = installed_binary("promtool")
     (tmp_path / "prometheus.yml").symlink_to(PROM / "prometheus.yml")
     (tmp_path / "rules").symlink_to(PROM / "rules")
     if layout == "compose":
@@ -73,14 +66,14 @@ def test_promtool_check_config(layout: str, tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_promtool_check_rules() -> None:
-    proc = run(promtool(), "check", "rules", *RULE_FILES)
+    proc = run(installed_binary("promtool"), "check", "rules", *RULE_FILES)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("test_file", TEST_FILES, ids=lambda p: p.name)
 def test_promtool_unit_tests(test_file: Path) -> None:
-    proc = run(promtool(), "test", "rules", test_file, cwd=test_file.parent)
+    proc = run(installed_binary("promtool"), "test", "rules", test_file, cwd=test_file.parent)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -130,7 +123,7 @@ def test_the_test_overlay_shortens_only_durations(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     written = sorted(tmp_path.glob("*.yml"))
     assert [f.name for f in written] == [f.name for f in RULE_FILES]
-    check = run(promtool(), "check", "rules", *written)
+    check = run(installed_binary("promtool"), "check", "rules", *written)
     assert check.returncode == 0, check.stdout + check.stderr
 
     def by_key(files: list[Path]) -> dict[tuple[str, str], dict[str, Any]]:

@@ -22,20 +22,13 @@ from typing import Any
 import pytest
 import yaml
 
-from stack.procs import CACHE, ROOT
-from tests.fixtures.components import component_missing
+from stack.procs import ROOT
+from tests.fixtures.components import installed_binary
 
 AGENT = ROOT / "collector" / "agent.yaml"
 GATEWAY = ROOT / "collector" / "gateway.yaml"
 REMOTE_WRITE = ROOT / "prometheus" / "remote-write.yml"
 SAMPLERS = {"tail_sampling", "probabilistic_sampler"}
-
-
-def _binary(name: str) -> Path:
-    path = CACHE / "bin" / name
-    if not path.exists():
-        component_missing(f"{path} missing: run stack/install.sh")
-    return path
 
 
 def _run(*argv: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -61,7 +54,7 @@ def _kind(component: str) -> str:
 @pytest.mark.integration
 @pytest.mark.parametrize("config", [AGENT, GATEWAY], ids=["agent", "gateway"])
 def test_the_built_collector_validates_the_scaling_configs(config: Path) -> None:
-    proc = _run(_binary("otelcol-inferwatch"), "validate", f"--config={config}")
+    proc = _run(installed_binary("otelcol-inferwatch"), "validate", f"--config={config}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -71,7 +64,7 @@ def test_validate_is_strict(tmp_path: Path) -> None:
     something."""
     broken = tmp_path / "gateway.yaml"
     broken.write_text(GATEWAY.read_text().replace("decision_wait:", "decision_wiat:"))
-    proc = _run(_binary("otelcol-inferwatch"), "validate", f"--config={broken}")
+    proc = _run(installed_binary("otelcol-inferwatch"), "validate", f"--config={broken}")
     assert proc.returncode != 0
     assert "decision_wiat" in proc.stdout + proc.stderr
 
@@ -96,7 +89,7 @@ def test_span_metrics_are_computed_before_any_sampling_and_spans_route_by_trace_
 @pytest.mark.integration
 def test_promtool_checks_the_remote_write_config() -> None:
     proc = _run(
-        _binary("promtool"),
+        installed_binary("promtool"),
         "check",
         "config",
         REMOTE_WRITE,

@@ -29,6 +29,7 @@ SLEEP_OK = "# not synchronisation:"
 # names through which a test reaches a real component
 COMPONENT_NAMES = {
     "component_missing",
+    "installed_binary",
     "require_stack_binaries",
     "running_stack",
     "Stack",
@@ -38,6 +39,7 @@ COMPONENT_NAMES = {
     "start_test_cluster",
     "pg_cluster",
     "audit_db",
+    "outage_db",
     "stack",
     "serving",
     "chromium",
