@@ -6,16 +6,16 @@ Sources, first that answers:
    carries the PyPA advisory database for every release, else against OSV's query API.
 2. PyPI's project JSON (`/pypi/<name>/json`). Its `vulnerabilities` are those of the
    project's LATEST release only, so it audits exactly the pins that are that release. A pin
-   behind it is listed as not audited: the data says nothing about older releases (an
-   advisory of the latest release without a fix is shown beside such a pin, as a hint, not
-   as a finding).
+   behind it is listed as not audited: the data says nothing about older releases (the
+   latest release's advisories are shown beside such a pin, as a hint, not as a finding).
 
-Exit status: 0 every pin audited, no untriaged finding; 1 an untriaged finding; 3 no finding
-but some pins not audited (scripts/test prints that as a warning: nothing is claimed
-audited that was not).
+Exit status: 0 every pin audited, no untriaged finding; 1 an untriaged finding (with
+pip-audit, --strict: also a pin it could not audit); 3 no finding but some pins not audited,
+or no service answered (scripts/test prints that as a warning: nothing is claimed audited
+that was not).
 
     python scripts/depaudit.py                          # what scripts/audit runs
-    python scripts/depaudit.py --source pypi-latest     # skip pip-audit
+    python scripts/depaudit.py --source pypi-latest     # PyPI's project JSON only
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def print_report(report: Report, total: int, seconds: float, ignored: set[str]) 
         f"[audit] PyPI project JSON (advisories of each project's latest release): audited "
         f"{n_audited} of {total} pins, {len(report.findings)} findings "
         f"({len(report.ignored)} triaged, ignored); not audited {n_not} "
-        f"({behind} pinned behind the latest release, {n_not - behind} without an answer); "
+        f"({behind} not the latest release, {n_not - behind} without an answer); "
         f"{seconds:.1f} s"
     )
     for pin, adv in report.findings:
@@ -211,13 +211,16 @@ def probe(method: str, url: str, timeout: float, body: dict[str, Any] | None = N
     return "" if resp.status_code == 200 else f"HTTP {resp.status_code}"
 
 
-def pip_audit(lock: Path, service: str, ignored: set[str]) -> int:
+def pip_audit(lock: Path, service: str, osv_url: str, timeout: float, ignored: set[str]) -> int:
     args = [str(ROOT / ".venv/bin/pip-audit"), "--requirement", str(lock), "--disable-pip"]
     args += ["--no-deps", "--strict", "--progress-spinner", "off"]
-    args += ["--vulnerability-service", service]
+    args += ["--aliases", "on", "--desc", "on"]  # every id of a finding, for its triage
+    args += ["--timeout", str(max(1, round(timeout)))]  # whole seconds
+    args += ["--vulnerability-service", service, "--osv-url", osv_url]
     for vuln in sorted(ignored):
         args += ["--ignore-vuln", vuln]
     print(f"[audit] pip-audit, vulnerability service {service}: every pin of {lock.name}")
+    sys.stdout.flush()
     return subprocess.run(args, check=False).returncode
 
 
@@ -226,11 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lock", type=Path, default=ROOT / "requirements.lock")
     parser.add_argument(
         "--source",
-        choices=("auto", "pip-audit", "pypi-latest"),
+        choices=("auto", "pypi", "osv", "pypi-latest"),
         default="auto",
-        help="auto: pip-audit if its service answers, else pypi-latest",
+        help="pypi, osv: pip-audit with that service; pypi-latest: PyPI's project JSON; "
+        "auto: the first of those three that answers",
     )
     parser.add_argument("--index", default=PYPI, help="PyPI's base URL for pypi-latest")
+    parser.add_argument("--osv-url", default=OSV_QUERY, help="OSV's query API for osv")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     parser.add_argument(
         "--ignore", action="append", default=[], help="an advisory id to ignore besides TRIAGED"
@@ -239,23 +244,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ignored = set(TRIAGED) | set(args.ignore)
     pins = read_pins(args.lock)
 
-    if args.source != "pypi-latest":
-        # pip-audit's services answer per release: probe each with a pin of the lock
-        sample = next((p for p in pins if p.name == "pip-audit"), pins[0])
-        per_release = f"{PYPI}/pypi/{sample.name}/{sample.version}/json"
-        query = {"package": {"name": sample.name, "ecosystem": "PyPI"}, "version": sample.version}
-        pypi_why = probe("GET", per_release, args.timeout)
-        osv_why = pypi_why and probe("POST", OSV_QUERY, args.timeout, query)
-        if not pypi_why:
-            return pip_audit(args.lock, "pypi", ignored)
-        if not osv_why:
-            return pip_audit(args.lock, "osv", ignored)
-        print(
-            f"[audit] pip-audit's services do not answer: {per_release}: {pypi_why}; "
-            f"{OSV_QUERY}: {osv_why}"
-        )
-        if args.source == "pip-audit":
-            return 3
+    # pip-audit's services answer per release: probe each with a pin of the lock
+    sample = next((p for p in pins if p.name == "pip-audit"), pins[0])
+    per_release = f"{PYPI}/pypi/{sample.name}/{sample.version}/json"
+    query = {"package": {"name": sample.name, "ecosystem": "PyPI"}, "version": sample.version}
+    unanswered = []
+    for service, method, url, body in (
+        ("pypi", "GET", per_release, None),
+        ("osv", "POST", args.osv_url, query),
+    ):
+        if args.source not in ("auto", service):
+            continue
+        why = probe(method, url, args.timeout, body)
+        if not why:
+            return pip_audit(args.lock, service, args.osv_url, args.timeout, ignored)
+        unanswered.append(f"{url}: {why}")
+    if unanswered:
+        print(f"[audit] pip-audit's services do not answer: {'; '.join(unanswered)}")
+    if args.source in ("pypi", "osv"):
+        return 3
 
     start = time.monotonic()
     report = audit_latest(pins, args.index.rstrip("/"), args.timeout, ignored)

@@ -1,5 +1,5 @@
-"""scripts/depaudit.py's PyPI fallback, run as scripts/audit runs it, against a PyPI stand-in
-serving project JSON over real HTTP on loopback (recorded from PyPI: ecdsa's Minerva
+"""scripts/depaudit.py, run as scripts/audit runs it, against a stand-in for PyPI's project
+JSON and OSV's query API over real HTTP on loopback (recorded from PyPI: ecdsa's Minerva
 advisory, listed twice, as PYSEC and as GHSA, each aliasing the other)."""
 
 from __future__ import annotations
@@ -50,11 +50,28 @@ def project(latest: str, vulns: list[dict[str, Any]] | None = None) -> tuple[int
     return 200, json.dumps({**body, "vulnerabilities": vulns or []}).encode()
 
 
+# the same advisory as OSV's query API answers it (OSV schema)
+OSV_MINERVA: dict[str, Any] = {
+    "id": "GHSA-wj6h-64fc-37mp",
+    "aliases": ["CVE-2024-23342"],
+    "details": MINERVA,
+    "affected": [
+        {
+            "package": {"name": "ecdsa", "ecosystem": "PyPI"},
+            "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}]}],
+        }
+    ],
+    "schema_version": "1.6.0",
+}
+
+
 class FakePyPI:
-    """path -> responses in turn (the last one repeats); records every path asked."""
+    """path -> responses in turn (the last one repeats); records every path asked. POST
+    /v1/query answers OSV queries from `osv` (package -> advisories)."""
 
     def __init__(self) -> None:
         self.routes: dict[str, list[tuple[int, bytes]]] = {}
+        self.osv: dict[str, list[dict[str, Any]]] = {}
         self.asked: list[str] = []
         self.release = threading.Event()
 
@@ -80,6 +97,17 @@ def pypi() -> Iterator[tuple[FakePyPI, str]]:
             self.end_headers()
             self.wfile.write(body)
 
+        def do_POST(self) -> None:
+            fake.asked.append(self.path)
+            query = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            vulns = fake.osv.get(query["package"]["name"], [])
+            body = json.dumps({"vulns": vulns} if vulns else {}).encode()
+            self.send_response(200 if self.path == "/v1/query" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
@@ -97,14 +125,14 @@ def pypi() -> Iterator[tuple[FakePyPI, str]]:
 
 
 def audit(
-    tmp_path: Path, index: str, pins: list[str], *extra: str
+    tmp_path: Path, index: str, pins: list[str], *extra: str, source: str = "pypi-latest"
 ) -> subprocess.CompletedProcess[str]:
     lock = tmp_path / "requirements.lock"
     # the shape scripts/lock writes: hashes on continuation lines, `via` comments
     entry = "{} \\\n    --hash=sha256:" + "0" * 64 + "\n    # via -r pyproject.toml\n"
     lock.write_text("".join(entry.format(p) for p in pins))
-    args = [sys.executable, str(SCRIPT), "--source", "pypi-latest", "--index", index]
-    args += ["--lock", str(lock), "--timeout", "0.5", *extra]
+    args = [sys.executable, str(SCRIPT), "--source", source, "--index", index]
+    args += ["--osv-url", f"{index}/v1/query", "--lock", str(lock), "--timeout", "0.5", *extra]
     return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -157,7 +185,7 @@ def test_a_pin_behind_the_latest_release_is_not_audited(
     run = audit(tmp_path, index, ["ecdsa==0.19.1", "httpx==0.28.1", "PyYAML==6.0.3"])
     assert run.returncode == 3, run.stdout + run.stderr
     assert "audited 1 of 3 pins, 0 findings" in run.stdout
-    assert "not audited 2 (2 pinned behind the latest release, 0 without an answer)" in run.stdout
+    assert "not audited 2 (2 not the latest release, 0 without an answer)" in run.stdout
     lines = run.stdout.splitlines()
     (ecdsa,) = [line for line in lines if "NOT AUDITED ecdsa==0.19.1" in line]
     assert "pinned 0.19.1, latest release 0.19.2" in ecdsa
@@ -186,7 +214,7 @@ def test_no_answer_is_not_audited_not_a_crash(pypi: tuple[FakePyPI, str], tmp_pa
     run = audit(tmp_path, index, ["httpx==0.28.1", "orjson==3.13.0", "no-such-project==1.0"])
     assert run.returncode == 3, run.stdout + run.stderr
     assert "audited 1 of 3 pins, 0 findings" in run.stdout
-    assert "not audited 2 (0 pinned behind the latest release, 2 without an answer)" in run.stdout
+    assert "not audited 2 (0 not the latest release, 2 without an answer)" in run.stdout
     assert "NOT AUDITED httpx==0.28.1: no answer from" in run.stdout
     assert "ReadTimeout" in run.stdout
     assert "NOT AUDITED no-such-project==1.0: HTTP 404 from" in run.stdout
@@ -212,3 +240,34 @@ def test_every_pin_of_the_real_lock_is_accounted_for(
         line.split()[3].rstrip(":") for line in run.stdout.splitlines() if "NOT AUDITED" in line
     ]
     assert sorted(listed) == sorted(pins)
+
+
+def test_pip_audit_with_osv_fails_on_a_finding_and_passes_a_triaged_one(
+    pypi: tuple[FakePyPI, str], tmp_path: Path
+) -> None:
+    """pip-audit itself, its OSV service pointed at the stand-in: the first choice where
+    its service answers, with the same triaged ids (matched by alias too)."""
+    fake, index = pypi
+    fake.osv["ecdsa"] = [OSV_MINERVA]
+    pins = ["ecdsa==0.19.2", "httpx==0.28.1"]
+    found = audit(tmp_path, index, pins, source="osv")
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert "pip-audit, vulnerability service osv" in found.stdout
+    assert "GHSA-wj6h-64fc-37mp" in found.stdout
+    assert fake.asked.count("/v1/query") == 1 + len(pins)  # the probe, then each pin
+    triaged = audit(tmp_path, index, pins, "--ignore", "CVE-2024-23342", source="osv")
+    assert triaged.returncode == 0, triaged.stdout + triaged.stderr
+    assert "GHSA-wj6h-64fc-37mp" not in triaged.stdout
+
+
+def test_a_named_service_that_does_not_answer_is_not_audited(
+    pypi: tuple[FakePyPI, str], tmp_path: Path
+) -> None:
+    _, index = pypi
+    elsewhere = ["--osv-url", f"{index}/elsewhere"]
+    run = audit(tmp_path, index, ["ecdsa==0.19.2"], *elsewhere, source="osv")
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert f"pip-audit's services do not answer: {index}/elsewhere: HTTP 404" in run.stdout
+    # neither pip-audit nor the PyPI fallback ran: nothing claimed audited
+    assert "pip-audit, vulnerability service" not in run.stdout
+    assert "PyPI project JSON" not in run.stdout
