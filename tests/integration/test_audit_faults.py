@@ -6,10 +6,6 @@ closing note; run with ``-s`` to see them.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,10 +16,9 @@ import pytest
 from inferwatch.telemetry import instruments as names
 from stack.postgres import AuditDb
 from stack.procs import poll
-from tests.fixtures.audit import Metrics, count_ids, make_prediction, running_writer
+from tests.fixtures.audit import Metrics, WriterChild, count_ids, make_prediction, running_writer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_postgres_stopped_under_load_loses_and_duplicates_nothing(
@@ -75,42 +70,19 @@ def test_postgres_stopped_under_load_loses_and_duplicates_nothing(
 def test_sigkill_with_spooled_records_replays_all_once(outage_db: AuditDb, tmp_path: Path) -> None:
     n_written, n_spooled = 1_000, 3_000
     spool_dir, ids_file = tmp_path / "spool", tmp_path / "ids.txt"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.integration.audit_child",
-            outage_db.writer_dsn,
-            str(spool_dir),
-            str(ids_file),
-            str(n_written),
-            str(n_spooled),
-        ],
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    args = (outage_db.writer_dsn, str(spool_dir), str(ids_file), str(n_written), str(n_spooled))
     try:
-        assert child.stdout is not None
-        assert child.stdin is not None
-        assert child.stdout.readline().strip() == "SUBMITTED"
-        written = [UUID(line) for line in ids_file.read_text().split()]
-        assert len(written) == n_written
-        want = (n_written, n_written)
-        poll(lambda: count_ids(outage_db.admin_dsn, written) == want, 60, "phase 1 committed")
-        outage_db.cluster.stop("fast")
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        assert child.stdout.readline().strip() == "SPOOLED"
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(10) == -signal.SIGKILL
+        with WriterChild("audit_child", *args) as child:
+            child.expect("SUBMITTED")
+            written = [UUID(line) for line in ids_file.read_text().split()]
+            assert len(written) == n_written
+            want = (n_written, n_written)
+            poll(lambda: count_ids(outage_db.admin_dsn, written) == want, 60, "phase 1 committed")
+            outage_db.cluster.stop("fast")
+            child.go()
+            child.expect("SPOOLED")
+            child.sigkill()
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
         if not outage_db.cluster.running:
             outage_db.cluster.start()
     ids = [UUID(line) for line in ids_file.read_text().split()]

@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 from uuid import UUID
 
@@ -26,6 +24,7 @@ from stack.postgres import AuditDb
 from stack.procs import poll
 from tests.fixtures.audit import (
     Metrics,
+    WriterChild,
     count_ids,
     journal_records,
     make_prediction,
@@ -33,47 +32,21 @@ from tests.fixtures.audit import (
 )
 
 pytestmark = [pytest.mark.integration]
-REPO = Path(__file__).resolve().parents[2]
 N_COMMITTED, N_HELD = 1_000, 300
 
 
 def _kill_holding_child(dsn: str, admin_dsn: str, spool: Path, journal: bool) -> list[UUID]:
     """Run the child until it holds N_HELD records in memory, SIGKILL it; all its ids."""
     ids_file = spool.parent / "ids.txt"
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.integration.journal_child",
-            dsn,
-            str(spool),
-            str(ids_file),
-            "1" if journal else "0",
-            str(N_COMMITTED),
-            str(N_HELD),
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdin is not None
-        assert child.stdout.readline().strip() == "SUBMITTED"
+    args = (dsn, str(spool), str(ids_file), "1" if journal else "0")
+    with WriterChild("journal_child", *args, str(N_COMMITTED), str(N_HELD)) as child:
+        child.expect("SUBMITTED")
         first = [UUID(line) for line in ids_file.read_text().split()]
         want = (N_COMMITTED, N_COMMITTED)
         poll(lambda: count_ids(admin_dsn, first) == want, 60, "the first batch committed")
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        assert child.stdout.readline().strip() == "HELD"
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(10) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+        child.go()
+        child.expect("HELD")
+        child.sigkill()
     ids = [UUID(line) for line in ids_file.read_text().split()]
     assert len(ids) == N_COMMITTED + N_HELD
     # the held records were in the writer's memory only: none reached Postgres
