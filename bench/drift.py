@@ -127,7 +127,12 @@ def median_time(fn: Any, runs: int) -> float:
 def raw_scan(dsn: str, refs: list[Any], window: tuple[datetime, datetime]) -> Any:
     with psycopg.connect(dsn) as c:
         return store.drift_histograms(
-            c, refs, model_version="bench", since=window[0], until=window[1]
+            c,
+            refs,
+            model_name=KEY.model_name,
+            model_version=KEY.model_version,
+            since=window[0],
+            until=window[1],
         )
 
 
@@ -142,7 +147,12 @@ def from_profiles(dsn: str, refs: list[Any], window: tuple[datetime, datetime]) 
 def quality(dsn: str, window: tuple[datetime, datetime], n: int) -> None:
     with psycopg.connect(dsn) as c:
         q = store.quality_counts(
-            c, model_version="bench", threshold=0.5, since=window[0], until=window[1]
+            c,
+            model_name=KEY.model_name,
+            model_version=KEY.model_version,
+            threshold=0.5,
+            since=window[0],
+            until=window[1],
         )
         assert q.rows == n, (q.rows, n)
 

@@ -22,10 +22,12 @@ from sklearn.metrics import (
 )
 
 from inferwatch.analysis import drift, store
+from inferwatch.analysis.estimate import Calibration
 from inferwatch.analysis.quality import quality_from_counts
 from inferwatch.inference import data
 from inferwatch.inference.training import card_fraud_schema, reference_profile
 from stack.postgres import AuditDb
+from tests.fixtures.audit import MODEL_NAME as MODEL
 from tests.fixtures.audit import insert_predictions
 
 pytestmark = pytest.mark.integration
@@ -54,7 +56,7 @@ def run_drift(db: AuditDb, profile: dict[str, Any], version: str) -> drift.Drift
     since, until = T0, T0 + timedelta(hours=1)
     with psycopg.connect(db.analyst_dsn) as conn:
         hists, rows = store.drift_histograms(
-            conn, refs, model_version=version, since=since, until=until
+            conn, refs, model_name=MODEL, model_version=version, since=since, until=until
         )
     return drift.evaluate(
         refs,
@@ -94,6 +96,7 @@ def test_psi_from_sql_equals_numpy_on_the_same_rows(
             hists, _ = store.drift_histograms(
                 conn,
                 list(refs.values()),
+                model_name=MODEL,
                 model_version=version,
                 since=T0,
                 until=T0 + timedelta(hours=1),
@@ -146,6 +149,7 @@ def test_quality_equals_scikit_learn(audit_db: AuditDb) -> None:
     with psycopg.connect(audit_db.analyst_dsn) as conn:
         counts = store.quality_counts(
             conn,
+            model_name=MODEL,
             model_version="v-quality",
             since=start,
             until=start + timedelta(hours=1),
@@ -163,3 +167,31 @@ def test_quality_equals_scikit_learn(audit_db: AuditDb) -> None:
     assert q.recall == pytest.approx(recall_score(y, pred), abs=1e-12)
     assert q.roc_auc == pytest.approx(roc_auc_score(y, p), abs=1e-12)
     assert q.brier == pytest.approx(brier_score_loss(y, p), abs=1e-12)
+
+
+def test_another_model_with_the_same_version_is_never_counted(
+    audit_db: AuditDb, profile: dict[str, Any]
+) -> None:
+    """Two models in one audit database, both at version "1": drift, quality and the
+    quality estimate of one count its own rows only."""
+    start = T0 + timedelta(days=2)
+    mine, _ = data.generate_transactions(40, seed=31)
+    other, _ = data.generate_transactions(70, seed=32)
+    insert_predictions(audit_db.writer_dsn, mine, model_version="1", start=start)
+    insert_predictions(
+        audit_db.writer_dsn, other, model_version="1", start=start, model_name="other-model"
+    )
+    window = {"since": start, "until": start + timedelta(hours=1)}
+    calibration = Calibration((0.0, 1.0), (0.0, 1.0), rows=2, positives=1)
+    with psycopg.connect(audit_db.analyst_dsn) as conn:
+        for name, want in ((MODEL, 40), ("other-model", 70)):
+            _, rows = store.drift_histograms(
+                conn, drift.parse_profile(profile), model_name=name, model_version="1", **window
+            )
+            counts = store.quality_counts(
+                conn, model_name=name, model_version="1", threshold=0.5, **window
+            )
+            _, _, n = store.estimate_cells(
+                conn, calibration, model_name=name, model_version="1", threshold=0.5, **window
+            )
+            assert (rows, counts.rows, int(n.sum())) == (want, want, want), name

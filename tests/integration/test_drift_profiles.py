@@ -86,7 +86,9 @@ def raw(
     db: AuditDb, refs: list[drift.FeatureReference], version: str, since: datetime, until: datetime
 ) -> tuple[dict[str, drift.FeatureHistogram], int]:
     with psycopg.connect(db.analyst_dsn) as conn:
-        return store.drift_histograms(conn, refs, model_version=version, since=since, until=until)
+        return store.drift_histograms(
+            conn, refs, model_name="card-fraud", model_version=version, since=since, until=until
+        )
 
 
 def merged(

@@ -351,7 +351,7 @@ def test_monitoring_drift_counts_what_was_served(app: App, model: LoadedModel) -
     refs = drift.parse_profile(meta.reference_profile)
     with psycopg.connect(app.db.analyst_dsn) as conn:
         hists, rows = store.drift_histograms(
-            conn, refs, model_version=meta.version, since=since, until=until
+            conn, refs, model_name=meta.name, model_version=meta.version, since=since, until=until
         )
     assert body["model_version"] == meta.version
     assert body["rows"] == rows >= 30

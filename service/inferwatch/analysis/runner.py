@@ -85,6 +85,7 @@ def analyse(
         step("quality on labeled rows (SQL)")
         counts = store.quality_counts(
             conn,
+            model_name=metadata.name,
             model_version=model_version,
             since=since,
             until=until,
@@ -125,6 +126,7 @@ def _estimate(
     p, predicted, n = store.estimate_cells(
         conn,
         calibration,
+        model_name=metadata.name,
         model_version=model_version,
         since=since,
         until=until,
@@ -143,6 +145,7 @@ def quality_only(
         conn.read_only = True
         counts = store.quality_counts(
             conn,
+            model_name=metadata.name,
             model_version=model_version,
             since=since,
             until=until,

@@ -68,6 +68,7 @@ def drift_histograms(
     conn: Conn,
     refs: Sequence[FeatureReference],
     *,
+    model_name: str,
     model_version: str,
     since: datetime,
     until: datetime,
@@ -75,6 +76,7 @@ def drift_histograms(
     """Histograms (with PSI computed in SQL) per feature, and the window's row count."""
     params = {
         "reference": Jsonb(reference_rows(refs)),
+        "model_name": model_name,
         "model_version": model_version,
         "since": since,
         "until": until,
@@ -106,9 +108,16 @@ def drift_histograms(
 
 
 def quality_counts(
-    conn: Conn, *, model_version: str, since: datetime, until: datetime, threshold: float
+    conn: Conn,
+    *,
+    model_name: str,
+    model_version: str,
+    since: datetime,
+    until: datetime,
+    threshold: float,
 ) -> QualityCounts:
     params = {
+        "model_name": model_name,
         "model_version": model_version,
         "since": since,
         "until": until,
@@ -133,6 +142,7 @@ def estimate_cells(
     conn: Conn,
     calibration: Calibration,
     *,
+    model_name: str,
     model_version: str,
     since: datetime,
     until: datetime,
@@ -141,6 +151,7 @@ def estimate_cells(
     """Rows of the window per (calibrated probability, predicted class): the arrays
     :func:`inferwatch.analysis.estimate.estimate_from_cells` takes."""
     params = {
+        "model_name": model_name,
         "model_version": model_version,
         "since": since,
         "until": until,

@@ -5,7 +5,7 @@
 -- float8[]), as literals so that the plan can run in parallel workers (a CTE or
 -- a parameter-built array would be parallel-restricted or recomputed per row).
 -- Parameters: %(reference)s jsonb [{{"name", "bucket", "p"}}] (reference proportions per
--- PSI bucket), %(model_version)s, %(since)s, %(until)s (ts in [since, until)).
+-- PSI bucket), %(model_name)s, %(model_version)s, %(since)s, %(until)s (ts in [since, until)).
 --
 -- Output: one row per (feature, PSI bucket, grid cell) with its count and sum, plus
 -- the feature's PSI computed here, in Postgres. Bin i of a numeric value v is
@@ -32,7 +32,7 @@ WITH hist AS (
                CASE WHEN jsonb_typeof(f.value) = 'number'
                     THEN (f.value #>> ARRAY[]::text[])::float8 END AS x
     ) c
-    WHERE p.model_version = %(model_version)s
+    WHERE p.model_name = %(model_name)s AND p.model_version = %(model_version)s
       AND p.ts >= %(since)s AND p.ts < %(until)s
     GROUP BY 1, 2, 3
 ),

@@ -1,7 +1,7 @@
 -- The window reduced for the quality estimate (analysis/estimate.py): rows per
 -- (calibrated probability, predicted class), over every prediction of the window,
 -- labeled or not.
--- Parameters: %(model_version)s, %(since)s, %(until)s (ts in [since, until)),
+-- Parameters: %(model_name)s, %(model_version)s, %(since)s, %(until)s (ts in [since, until)),
 -- %(threshold)s (predicted positive: probability >= threshold, the service's rule),
 -- %(xs)s and %(ys)s float8[]: the calibration's breakpoints and calibrated values.
 -- Calibration: linear between breakpoints, clipped outside (numpy interp):
@@ -9,7 +9,7 @@
 WITH win AS (
     SELECT probability AS s, width_bucket(probability, %(xs)s::float8[]) AS k
     FROM predictions
-    WHERE model_version = %(model_version)s
+    WHERE model_name = %(model_name)s AND model_version = %(model_version)s
       AND ts >= %(since)s AND ts < %(until)s
 ),
 cal AS (

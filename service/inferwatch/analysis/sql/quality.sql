@@ -2,13 +2,13 @@
 -- the rank sum of the positives (for ROC AUC), over the rows with an outcome.
 -- The effective outcome of a prediction is the one in prediction_outcomes (latest
 -- received_at wins; see docs/analysts.md).
--- Parameters: %(model_version)s, %(since)s, %(until)s, %(threshold)s.
+-- Parameters: %(model_name)s, %(model_version)s, %(since)s, %(until)s, %(threshold)s.
 -- The prediction counted is probability >= threshold (the service's rule), not the
 -- stored class, so that a report can be re-run at another threshold.
 WITH win AS (
     SELECT probability, label
     FROM prediction_outcomes
-    WHERE model_version = %(model_version)s
+    WHERE model_name = %(model_name)s AND model_version = %(model_version)s
       AND ts >= %(since)s AND ts < %(until)s
 ),
 labeled AS (
