@@ -127,6 +127,7 @@ def serve(
     # only the listener reads host and port: each worker's app builds its own Settings
     spec = ServeSpec(
         log_level=log_level,
+        timeout_keep_alive=settings.http_keepalive_s,
         # a stop waits for the HTTP drain, the audit flush and the telemetry flush
         stop_timeout_s=ServeSpec.timeout_graceful_shutdown
         + settings.audit_shutdown_timeout_s

@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     model_name: str = "card-fraud"
     model_version: str | None = None  # None: the newest version in model_dir
     train_if_missing: bool = True  # embedded default: train the bundled model if none exists
+    # How long an idle keep-alive connection stays open. It must outlast the idle timeout
+    # of every client and proxy in front (nginx 75 s, AWS ALB 60 s, GCP's LB 600 s): the
+    # side that closes an idle connection races the other side's next request on it, and
+    # a client does not retry a POST that met the close (uvicorn's own default, 5 s, lost
+    # one request in ~170,000 to that race in the soak; docs/reliability.md).
+    http_keepalive_s: int = Field(75, ge=1, le=3600)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_batch_size: int = Field(256, ge=1, le=10_000)
     max_string_length: int = Field(128, ge=1, le=4096)

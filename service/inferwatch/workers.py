@@ -55,6 +55,7 @@ from typing import Any, Final, Literal
 import uvicorn
 
 from inferwatch.http_limits import BoundedHttpToolsProtocol
+from inferwatch.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class ServeSpec:
     app: str = "inferwatch.asgi:create"  # a factory: each worker builds its own app
     timeout_graceful_shutdown: int = 10  # s: open requests may finish within it
     backlog: int = 2048
+    timeout_keep_alive: int = Settings.model_fields["http_keepalive_s"].default  # s
     # how long a stop waits for the workers (HTTP drain, audit flush, telemetry flush)
     stop_timeout_s: float = 30.0
 
@@ -107,6 +109,7 @@ class ServeSpec:
             access_log=False,
             backlog=self.backlog,
             timeout_graceful_shutdown=self.timeout_graceful_shutdown,
+            timeout_keep_alive=self.timeout_keep_alive,
         )
 
 

@@ -11,6 +11,9 @@
 from __future__ import annotations
 
 import re
+import select
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +46,65 @@ def test_host_and_port_options_override_the_environment(
     # and without the options, the environment decides
     with serving(model_dir(small_model), tmp_path, [], env, f"http://127.0.0.2:{env_port}"):
         assert not tcp_ok(env_port, "127.0.0.1")
+
+
+def _get_healthz(sock: socket.socket) -> bytes:
+    """One keep-alive GET /healthz on SOCK, read to the end of its body; the response's
+    status line."""
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, "the server closed the connection instead of answering"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = re.search(rb"(?im)^content-length:\s*(\d+)\r?$", head)
+    assert length is not None, head
+    while len(body) < int(length.group(1)):
+        chunk = sock.recv(4096)
+        assert chunk, "the server closed the connection within the body"
+        body += chunk
+    return head.split(b"\r\n", 1)[0]
+
+
+def _idle_until_closed(sock: socket.socket, limit_s: float) -> float | None:
+    """Wait up to LIMIT_S, sending nothing, for the server to close SOCK; the seconds it
+    took, or None if it stayed open."""
+    start = time.monotonic()
+    readable, _, _ = select.select([sock], [], [], limit_s)
+    if not readable:
+        return None
+    assert sock.recv(4096) == b"", "unexpected bytes on an idle connection"
+    return time.monotonic() - start
+
+
+def test_idle_keep_alive_connections_outlive_the_clients_idle_timeout(
+    small_model: LoadedModel, tmp_path: Path
+) -> None:
+    """The server must not close an idle connection that a client may be reusing at that
+    moment (a POST that meets the close fails: EOF or reset; docs/reliability.md, soak).
+    By default an idle connection outlives uvicorn's own default of 5 s; with
+    INFERWATCH_HTTP_KEEPALIVE_S it is closed after that many seconds."""
+    (port,) = free_ports(1)
+    url = f"http://127.0.0.1:{port}"
+    args = ["--workers", "1", "--port", str(port)]
+    address = ("127.0.0.1", port)
+    with (
+        serving(model_dir(small_model), tmp_path, args, {}, url),
+        socket.create_connection(address) as sock,
+    ):
+        assert _get_healthz(sock) == b"HTTP/1.1 200 OK"
+        assert _idle_until_closed(sock, 7.0) is None  # uvicorn's default closes at 5 s
+        assert _get_healthz(sock) == b"HTTP/1.1 200 OK"  # the same connection
+    env = {"INFERWATCH_HTTP_KEEPALIVE_S": "2"}
+    with (
+        serving(model_dir(small_model), tmp_path, args, env, url),
+        socket.create_connection(address) as sock,
+    ):
+        assert _get_healthz(sock) == b"HTTP/1.1 200 OK"
+        closed_after = _idle_until_closed(sock, 30.0)
+        assert closed_after is not None
+        assert 1.5 <= closed_after <= 10.0
 
 
 def test_docs_page_renders_offline_in_chromium(
