@@ -2,11 +2,11 @@
 
 ``submit`` (request threads) appends the record to a bounded in-memory deque and
 returns. With the write-ahead journal on (the default, ``inferwatch.audit.journal``) it
-first encodes the record and appends it to the journal with one ``write(2)``, so a
-record whose response was sent survives the process being killed; without it, no I/O,
-no lock, no encoding. When the deque is full the record is encoded and appended to the
-disk spool on the caller's thread (degraded mode: a page-cache write, still no
-network), never dropped.
+first encodes the record and copies it into the journal's memory-mapped file (page
+cache, no system call), so a record whose response was sent survives the process being
+killed; without it, no I/O, no lock, no encoding. When the deque is full the record
+is encoded and appended to the disk spool on the caller's thread (degraded mode: a
+page-cache write, still no network), never dropped.
 
 One background thread ("inferwatch-audit") does everything else:
 - drains the deque in batches (``batch_size`` records, or whatever arrived within
