@@ -25,6 +25,7 @@ from inferwatch.inference.loading import LoadedModel, load_model
 from inferwatch.inference.training import train_model
 from stack.postgres import AuditDb
 from tests.fixtures.api import postgres_app
+from tests.fixtures.audit import insert_predictions
 
 pytestmark = pytest.mark.integration
 
@@ -331,6 +332,52 @@ def test_monitoring_answers_from_the_audit_table(app: App) -> None:
         app.client.get("/v1/monitoring/predictions", headers=h, params={"limit": 0}).status_code
         == 422
     )
+
+
+def test_monitoring_reads_the_served_models_rows_unless_asked_for_another(
+    app: App, model: LoadedModel
+) -> None:
+    """A shared audit database holds other models' rows, at the same version string too:
+    latency, recent predictions and the distribution count the served model's rows by
+    default, and another model's when ``model_name`` names it."""
+    served, version = model.metadata.name, model.metadata.version
+    other = f"other-model-{uuid.uuid4().hex[:8]}"
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    rows, _ = data.generate_transactions(9, seed=12)
+    insert_predictions(
+        app.db.writer_dsn, rows, model_version=version, start=start, model_name=other
+    )
+    mine = _predict(app, 4, f"own-{uuid.uuid4().hex[:8]}-", seed=13)
+    app.flush()
+    h = {"X-API-Key": KEY}
+    since = start - timedelta(seconds=1)
+
+    def stored(name: str, floor: datetime) -> int:
+        return int(
+            app.analyst(
+                "SELECT count(*) FROM predictions"
+                " WHERE model_name = %s AND model_version = %s AND ts >= %s",
+                (name, version, floor),
+            )[0][0]
+        )
+
+    assert stored(served, since) >= len(mine)
+    for asked in (None, other):
+        name = asked or served
+        by_name = {} if asked is None else {"model_name": asked}
+        params: dict[str, Any] = {"model_version": version, **by_name}
+        lat = app.client.get(
+            "/v1/monitoring/latency", headers=h, params={**params, "since": since.isoformat()}
+        ).json()
+        assert (lat["model_name"], lat["count"]) == (name, stored(name, since))
+        dist = app.client.get("/v1/monitoring/distribution", headers=h, params=params).json()
+        hour = datetime.fromisoformat(dist["since"])
+        assert (dist["model_name"], dist["count"]) == (name, stored(name, hour))
+        page = app.client.get(
+            "/v1/monitoring/predictions", headers=h, params={**params, "limit": 500}
+        ).json()["predictions"]
+        assert {p["model_name"] for p in page} == {name}
+    assert stored(other, since) == 9
 
 
 def test_monitoring_drift_counts_what_was_served(app: App, model: LoadedModel) -> None:

@@ -72,15 +72,15 @@ class MonitoringStore:
             return list(cur.fetchall())
 
     def latency(
-        self, since: datetime, until: datetime, model_version: str | None
+        self, since: datetime, until: datetime, model_name: str, model_version: str | None
     ) -> dict[str, Any]:
         rows = self._fetch(
             "SELECT count(*) AS n,"
             " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_s) AS q,"
             " max(latency_s) AS max"
             " FROM predictions WHERE ts >= %(since)s AND ts < %(until)s"
-            " AND (%(v)s::text IS NULL OR model_version = %(v)s)",
-            {"since": since, "until": until, "v": model_version},
+            " AND model_name = %(m)s AND (%(v)s::text IS NULL OR model_version = %(v)s)",
+            {"since": since, "until": until, "m": model_name, "v": model_version},
         )
         row = rows[0]
         q = row["q"] or [None, None, None]
@@ -97,6 +97,7 @@ class MonitoringStore:
         *,
         limit: int,
         cursor: Cursor | None,
+        model_name: str,
         model_version: str | None,
         entity_type: str | None,
         entity_id: str | None,
@@ -110,7 +111,7 @@ class MonitoringStore:
             " FROM predictions"
             " WHERE ts >= %(floor)s AND ts < %(now)s"
             " AND (%(cts)s::timestamptz IS NULL OR (ts, prediction_id) < (%(cts)s, %(cid)s::uuid))"
-            " AND (%(v)s::text IS NULL OR model_version = %(v)s)"
+            " AND model_name = %(m)s AND (%(v)s::text IS NULL OR model_version = %(v)s)"
             " AND (%(et)s::text IS NULL OR entity_type = %(et)s)"
             " AND (%(ei)s::text IS NULL OR entity_id = %(ei)s)"
             " ORDER BY ts DESC, prediction_id DESC LIMIT %(limit)s",
@@ -119,6 +120,7 @@ class MonitoringStore:
                 "now": now,
                 "cts": cursor.ts if cursor else None,
                 "cid": cursor.prediction_id if cursor else None,
+                "m": model_name,
                 "v": model_version,
                 "et": entity_type,
                 "ei": entity_id,
@@ -132,7 +134,12 @@ class MonitoringStore:
         return out, nxt
 
     def distribution(
-        self, since: datetime, until: datetime, model_version: str | None, bins: int
+        self,
+        since: datetime,
+        until: datetime,
+        model_name: str,
+        model_version: str | None,
+        bins: int,
     ) -> dict[str, Any]:
         rows = self._fetch(
             # a NaN probability (stored as served) counts in its class but in no bin:
@@ -141,9 +148,9 @@ class MonitoringStore:
             " ELSE least(width_bucket(probability, 0, 1, %(bins)s), %(bins)s) END AS b,"
             " count(*) AS n FROM predictions"
             " WHERE ts >= %(since)s AND ts < %(until)s"
-            " AND (%(v)s::text IS NULL OR model_version = %(v)s)"
+            " AND model_name = %(m)s AND (%(v)s::text IS NULL OR model_version = %(v)s)"
             " GROUP BY 1, 2",
-            {"since": since, "until": until, "v": model_version, "bins": bins},
+            {"since": since, "until": until, "m": model_name, "v": model_version, "bins": bins},
         )
         classes: dict[str, int] = {}
         hist = [0] * bins

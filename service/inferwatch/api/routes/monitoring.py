@@ -25,6 +25,7 @@ from inferwatch.analysis.profiles import check_width
 from inferwatch.analysis.runner import parse_when
 from inferwatch.api.deps import RuntimeDep
 from inferwatch.api.errors import ApiError
+from inferwatch.api.runtime import Runtime
 from inferwatch.api.validation import NO_NUL_PATTERN, Problem
 
 router = APIRouter(prefix="/v1/monitoring", tags=["monitoring"])
@@ -68,6 +69,21 @@ Instant = Annotated[str | None, Query(max_length=64, json_schema_extra={"format"
 
 def _filter(max_length: int) -> Any:
     return Query(max_length=max_length, pattern=NO_NUL_PATTERN)
+
+
+# a shared audit database holds every model's rows: the served model's by default
+ModelName = Annotated[
+    str | None,
+    Query(
+        max_length=128,
+        pattern=NO_NUL_PATTERN,
+        description="the model whose rows are read; default: the model this service serves",
+    ),
+]
+
+
+def _model_name(runtime: Runtime, model_name: str | None) -> str:
+    return runtime.predictor.metadata.name if model_name is None else model_name
 
 
 def _instant(name: str, raw: str | None) -> datetime | None:
@@ -115,13 +131,22 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
 )
 def latency(
     store: Store,
+    runtime: RuntimeDep,
     since: Instant = None,
     until: Instant = None,
+    model_name: ModelName = None,
     model_version: Annotated[str | None, _filter(128)] = None,
 ) -> dict[str, Any]:
     lo, hi = _window(_instant("since", since), _instant("until", until), timedelta(hours=1))
-    out: dict[str, Any] = _run(store.latency, lo, hi, model_version)
-    return {"since": lo.isoformat(), "until": hi.isoformat(), "model_version": model_version, **out}
+    name = _model_name(runtime, model_name)
+    out: dict[str, Any] = _run(store.latency, lo, hi, name, model_version)
+    return {
+        "since": lo.isoformat(),
+        "until": hi.isoformat(),
+        "model_name": name,
+        "model_version": model_version,
+        **out,
+    }
 
 
 @router.get(
@@ -132,8 +157,10 @@ def latency(
 )
 def predictions(
     store: Store,
+    runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, _filter(128)] = None,
+    model_name: ModelName = None,
     model_version: Annotated[str | None, _filter(128)] = None,
     entity_type: Annotated[str | None, _filter(64)] = None,
     entity_id: Annotated[str | None, _filter(256)] = None,
@@ -149,6 +176,7 @@ def predictions(
         store.recent,
         limit=limit,
         cursor=pos,
+        model_name=_model_name(runtime, model_name),
         model_version=model_version,
         entity_type=entity_type,
         entity_id=entity_id,
@@ -166,12 +194,21 @@ def predictions(
 )
 def distribution(
     store: Store,
+    runtime: RuntimeDep,
+    model_name: ModelName = None,
     model_version: Annotated[str | None, _filter(128)] = None,
     bins: Annotated[int, Query(ge=2, le=100)] = 10,
 ) -> dict[str, Any]:
     lo, hi = _window(None, None, timedelta(hours=1))
-    out: dict[str, Any] = _run(store.distribution, lo, hi, model_version, bins)
-    return {"since": lo.isoformat(), "until": hi.isoformat(), "model_version": model_version, **out}
+    name = _model_name(runtime, model_name)
+    out: dict[str, Any] = _run(store.distribution, lo, hi, name, model_version, bins)
+    return {
+        "since": lo.isoformat(),
+        "until": hi.isoformat(),
+        "model_name": name,
+        "model_version": model_version,
+        **out,
+    }
 
 
 @router.get(
