@@ -78,6 +78,7 @@ def _idle_until_closed(sock: socket.socket, limit_s: float) -> float | None:
     return time.monotonic() - start
 
 
+@pytest.mark.slow  # waits out idle timeouts on the wall clock
 def test_idle_keep_alive_connections_outlive_the_clients_idle_timeout(
     small_model: LoadedModel, tmp_path: Path
 ) -> None:
