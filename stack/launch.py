@@ -190,6 +190,7 @@ def _default_analysis_interval() -> str:
 class Options:
     collector: bool = True  # False: no collector; Prometheus scrapes the service's /metrics
     service_env: dict[str, str] = field(default_factory=dict)  # extra env for the service
+    collector_env: dict[str, str] = field(default_factory=dict)  # extra env for the collector
     # time between two analysis runs (a duration: 30s, 5m); the demo uses a short one
     analysis_interval: str = field(default_factory=_default_analysis_interval)
     # a folder of rule files Prometheus loads instead of prometheus/rules/ (tests: the
@@ -382,6 +383,7 @@ class Stack:
             "PROMETHEUS_OTLP_ENDPOINT": f"{self.prometheus_url}/api/v1/otlp",
             # Jaeger's OTLP/gRPC receiver: host:port, no scheme (collector/config.yaml)
             "TRACE_BACKEND_OTLP_ENDPOINT": f"127.0.0.1:{p.jaeger_otlp_grpc}",
+            **self.options.collector_env,
         }
 
     def start_collector(self, deadline_s: float = 30) -> None:

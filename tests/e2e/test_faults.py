@@ -2,11 +2,12 @@
 
 Every case asserts: no failed prediction (a client retries a refused or reset connection,
 never a status), no lost or duplicated audit row (every prediction id the client was given
-is in Postgres exactly once; the SIGKILL cases lose at most what the killed processes held
-in memory, and the test says how many), telemetry resumes (Prometheus' prediction counter
+is in Postgres exactly once, the SIGKILL cases included: the audit journal holds what the
+killed processes had in memory), telemetry resumes (Prometheus' prediction counter
 grows again after the fault), and the matching alert fires, read from Prometheus' alerts
 API. Prometheus loads the TEST OVERLAY of the rules (`prometheus/rules/generate.py
---overlay`: every `for:` 5 s, short alert windows), never edited shipped rules.
+--overlay`: every `for:` 5 s, short alert windows), never edited shipped rules. A killed
+worker's span metrics expire in the collector (OTELCOL_SPANMETRICS_EXPIRATION, 15 s here).
 
 Faults last FAULT_S seconds (INFERWATCH_FAULT_SECONDS; 15 under CI=true, else 60): each
 test prints its configured duration and figures (-s), and writes them to
@@ -24,6 +25,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -54,6 +56,8 @@ FAULT_S = float(os.environ.get("INFERWATCH_FAULT_SECONDS", "15" if CI else "60")
 RATE = 40.0  # offered predictions per second during every case
 PREDICTIONS = names.prometheus_name(names.PREDICTIONS)
 DROPPED = names.prometheus_name(names.AUDIT_DROPPED)
+SPAN_CALLS = "traces_span_metrics_calls_total"  # the collector's span_metrics connector
+SPAN_EXPIRATION_S = 15  # the fault stack's OTELCOL_SPANMETRICS_EXPIRATION
 RESULTS: dict[str, Any] = {}
 DROP_LOG = re.compile(r"audit record ([0-9a-f-]{36}) dropped")
 JOURNAL_REPLAY_LOG = re.compile(rf"replayed (\d+) records from {JOURNAL_PREFIX}")
@@ -146,6 +150,8 @@ def fault_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
         collector=True,
         # two workers: one of them is killed while the other lives
         service_env={**SERVICE_ENV, "INFERWATCH_WORKERS": "2"},
+        # short, so that the dead worker's span metrics expire within the case
+        collector_env={"OTELCOL_SPANMETRICS_EXPIRATION": f"{SPAN_EXPIRATION_S}s"},
         analysis_interval=ANALYSIS_INTERVAL,
         rules_dir=str(rules),
     )
@@ -543,6 +549,26 @@ def _workers(stack: Stack) -> list[int]:
     return out
 
 
+def span_metric_instances(prom: Prom, within_s: float = 10.0) -> set[str]:
+    """Service processes (``instance``: service.instance.id) whose span metrics the
+    collector exported in the last WITHIN_S seconds (it exports every 5 s)."""
+    series = f'{SPAN_CALLS}{{job="inferwatch"}}'
+    fresh = prom.query(f"count by (instance) (timestamp({series}) > time() - {within_s})")
+    return {r["metric"]["instance"] for r in fresh}
+
+
+def _of_process(instance: str, pid: int) -> bool:
+    """Whether service.instance.id INSTANCE is process PID's (telemetry/setup.py names
+    each process <host>-<pid>-<random>)."""
+    return instance.startswith(f"{socket.gethostname()}-{pid}-")
+
+
+def _serving_worker(prom: Prom, workers: list[int]) -> int | None:
+    """A worker whose span metrics the collector exports, if any."""
+    fresh = span_metric_instances(prom)
+    return next((w for w in workers if any(_of_process(i, w) for i in fresh)), None)
+
+
 def test_a_worker_killed_while_the_other_lives(
     fault_stack: Stack, prom: Prom, rows: list[dict[str, Any]]
 ) -> None:
@@ -555,14 +581,29 @@ def test_a_worker_killed_while_the_other_lives(
     with load(fault_stack, rows) as ld:
         workers = _workers(fault_stack)
         assert len(workers) == 2, workers
+        # kill a worker that serves the load (the kept-alive connections may all sit on
+        # one): its span metrics are in Prometheus, its records in its spool slot
+        victim = poll(
+            lambda: _serving_worker(prom, workers), 60, "span metrics of a serving worker"
+        )
         t_pg = time.time()
         fault_stack.pg.stop("fast")
         fired = wait_alert(prom, "InferwatchAuditSpoolGrowing", t_pg, FAULT_S + 60)
-        os.kill(workers[1], signal.SIGKILL)  # its slot holds what it spooled meanwhile
-        poll(lambda: not pid_alive(workers[1]), 10, "the worker gone")
+        os.kill(victim, signal.SIGKILL)  # its slot holds what it spooled meanwhile
+        t_kill = time.time()
+        poll(lambda: not pid_alive(victim), 10, "the worker gone")
         t0 = time.time()
         fault_stack.pg.start()
         resumed = telemetry_resumes(prom)
+        # the collector stops exporting the dead worker's span metrics once they expire,
+        # while a live worker's go on
+
+        def dead_expired() -> bool:
+            fresh = span_metric_instances(prom)
+            return bool(fresh) and not any(_of_process(i, victim) for i in fresh)
+
+        poll(dead_expired, SPAN_EXPIRATION_S + 60, "the dead worker's span metrics expired")
+        expired_s = time.time() - t_kill
     no_failures(ld)
     stored_once = _every_id_stored_once(fault_stack, ld)
     with open(log, "rb") as f:
@@ -580,6 +621,7 @@ def test_a_worker_killed_while_the_other_lives(
         stored_once=stored_once,
         lost=0,
         recovery_s=round(time.time() - t0, 1),
+        span_metrics_expired_s=round(expired_s, 1),
     )
 
 
