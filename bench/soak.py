@@ -83,6 +83,9 @@ class Report:
     p99_ms: float = 0.0
     max_ms: float = 0.0
     achieved_rps: float = 0.0
+    # latency of each whole minute of the load (by the request's place in the schedule):
+    # a soak that holds its checks can still slow down as it goes
+    minutes: list[dict[str, float]] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     start: Sample | None = None
     end: Sample | None = None
@@ -193,13 +196,14 @@ def soak(stack: Stack, duration_s: float, rate: float, workdir: Path) -> Report:
     th.join()
     if attack.returncode != 0:
         raise RuntimeError(f"vegeta attack failed: {attack.stderr.decode()[-2000:]}")
-    ids, lat = _read_results(vegeta, results, report)
+    ids, lat, seqs = _read_results(vegeta, results, report)
     report.samples.append(sample(stack, duration_s))
     late = [s for s in report.samples if s.t >= WARMUP_S]
     report.start = late[0] if late else report.samples[0]
     # the end figure: the last sample taken while the load ran
     during = [s for s in report.samples if s.t < duration_s]
     report.end = during[-1] if during else report.samples[-1]
+    report.minutes = per_minute(lat, seqs, rate)
     if lat:
         lat.sort()
         report.p50_ms = lat[len(lat) // 2] / 1e6
@@ -243,18 +247,45 @@ def soak(stack: Stack, duration_s: float, rate: float, workdir: Path) -> Report:
     return report
 
 
-def _read_results(vegeta: str, results: Path, report: Report) -> tuple[list[str], list[int]]:
-    """(prediction ids, latencies in ns) from vegeta's results; counts into `report`."""
+def per_minute(lat: list[int], seqs: list[int], rate: float) -> list[dict[str, float]]:
+    """p50 and p99 (ms) of each whole minute of the schedule (request `seq` was due at
+    seq / rate seconds); latencies in ns."""
+    by: dict[int, list[int]] = {}
+    for ns, seq in zip(lat, seqs, strict=True):
+        by.setdefault(int(seq / rate // 60), []).append(ns)
+    out = []
+    for minute in sorted(by):
+        xs = sorted(by[minute])
+        if len(xs) < rate * 60 * 0.9:  # a partial last minute says little
+            continue
+        out.append(
+            {
+                "minute": minute,
+                "requests": len(xs),
+                "p50_ms": xs[len(xs) // 2] / 1e6,
+                "p99_ms": xs[int(len(xs) * 0.99)] / 1e6,
+            }
+        )
+    return out
+
+
+def _read_results(
+    vegeta: str, results: Path, report: Report
+) -> tuple[list[str], list[int], list[int]]:
+    """(prediction ids, latencies in ns, each latency's schedule position) from vegeta's
+    results; counts into `report`."""
     enc = subprocess.Popen(
         [vegeta, "encode", "--to", "json", str(results)], stdout=subprocess.PIPE, text=True
     )
     assert enc.stdout is not None
     ids: list[str] = []
     lat: list[int] = []
+    seqs: list[int] = []
     for line in enc.stdout:
         r = json.loads(line)
         report.requests += 1
         lat.append(int(r["latency"]))
+        seqs.append(int(r["seq"]))
         if r["code"] == 200 and not r.get("error"):
             report.ok += 1
             ids.append(json.loads(base64.b64decode(r["body"]))["prediction_id"])
@@ -263,7 +294,7 @@ def _read_results(vegeta: str, results: Path, report: Report) -> tuple[list[str]
             if len(report.errors) < 5:
                 report.errors.append(f"{r['code']} {r.get('error', '')}")
     enc.wait()
-    return ids, lat
+    return ids, lat, seqs
 
 
 def machine() -> str:
@@ -285,6 +316,9 @@ def print_report(r: Report) -> None:
         f"{r.ok} ok, {r.failed} failed; achieved {r.achieved_rps:.1f} req/s; latency p50 "
         f"{r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, max {r.max_ms:.1f} ms"
     )
+    if r.minutes:
+        cells = ", ".join(f"{m['p50_ms']:.1f}/{m['p99_ms']:.1f}" for m in r.minutes)
+        print(f"[soak] p50/p99 ms by minute: {cells}")
     print(f"[soak] {'':>14} {'t (s)':>7} {'RSS MB':>8} {'queue':>7} {'spool':>7} {'bytes':>8}")
     for label, s in (("start", r.start), ("end", r.end)):
         print(
