@@ -44,7 +44,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import benchmark_lock
+from bench.common import benchmark_lock, pct
 from inferwatch.audit import encoding as enc
 from inferwatch.audit.privacy import PrivacyPolicy
 from inferwatch.audit.records import PredictionRecord
@@ -204,11 +204,6 @@ def bench_ceiling(dsn: str, records: list[PredictionRecord], batch: int = 2_000)
         for c in conns:
             c.close()
     return len(records) / elapsed
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def main() -> None:

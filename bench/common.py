@@ -3,6 +3,8 @@
 - `acquire_benchmark_lock` / `benchmark_lock`: an exclusive ``flock`` on one file in the
   system temp dir, held for a whole benchmark run, so two benchmarks started from any
   checkout on this host never measure each other (the second one waits, and says so).
+- `pct`: a percentile as the benchmarks report it (the value at index q*n of the sorted
+  values, no interpolation).
 - `descendants`, `cpus_allowed`, `pin_tree`, `tree_cpu_ticks`: a server that forks
   (BentoML's supervisor and service worker, MLServer's main, metrics and inference
   processes, Postgres' postmaster and backends) is measured and pinned as the tree below
@@ -139,3 +141,9 @@ def tree_cpu_ticks(pids: list[int]) -> dict[int, int]:
         with contextlib.suppress(OSError, IndexError, ValueError):
             out[pid] = proc_cpu_ticks(pid)
     return out
+
+
+def pct(values: list[float] | list[int], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``: the value at index q*n of their sorted copy."""
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]

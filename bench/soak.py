@@ -43,7 +43,7 @@ from typing import Any
 
 import psycopg
 
-from bench.common import benchmark_lock, descendants
+from bench.common import benchmark_lock, descendants, pct
 from inferwatch.inference.data import generate_transactions
 from inferwatch.telemetry import instruments as names
 from stack.launch import Options, Ports, Stack, prom_query
@@ -205,10 +205,9 @@ def soak(stack: Stack, duration_s: float, rate: float, workdir: Path) -> Report:
     report.end = during[-1] if during else report.samples[-1]
     report.minutes = per_minute(lat, seqs, rate)
     if lat:
-        lat.sort()
-        report.p50_ms = lat[len(lat) // 2] / 1e6
-        report.p99_ms = lat[int(len(lat) * 0.99)] / 1e6
-        report.max_ms = lat[-1] / 1e6
+        report.p50_ms = pct(lat, 0.50) / 1e6
+        report.p99_ms = pct(lat, 0.99) / 1e6
+        report.max_ms = max(lat) / 1e6
     report.achieved_rps = report.ok / duration_s
 
     # exactness: Postgres and Prometheus, once the pipeline has caught up
@@ -255,15 +254,15 @@ def per_minute(lat: list[int], seqs: list[int], rate: float) -> list[dict[str, f
         by.setdefault(int(seq / rate // 60), []).append(ns)
     out = []
     for minute in sorted(by):
-        xs = sorted(by[minute])
+        xs = by[minute]
         if len(xs) < rate * 60 * 0.9:  # a partial last minute says little
             continue
         out.append(
             {
                 "minute": minute,
                 "requests": len(xs),
-                "p50_ms": xs[len(xs) // 2] / 1e6,
-                "p99_ms": xs[int(len(xs) * 0.99)] / 1e6,
+                "p50_ms": pct(xs, 0.50) / 1e6,
+                "p99_ms": pct(xs, 0.99) / 1e6,
             }
         )
     return out
