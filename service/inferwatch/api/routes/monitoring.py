@@ -25,7 +25,6 @@ from inferwatch.analysis.profiles import check_width
 from inferwatch.analysis.runner import parse_when
 from inferwatch.api.deps import RuntimeDep
 from inferwatch.api.errors import ApiError
-from inferwatch.api.runtime import Runtime
 from inferwatch.api.validation import NO_NUL_PATTERN, Problem
 
 router = APIRouter(prefix="/v1/monitoring", tags=["monitoring"])
@@ -72,18 +71,21 @@ def _filter(max_length: int) -> Any:
 
 
 # a shared audit database holds every model's rows: the served model's by default
-ModelName = Annotated[
-    str | None,
-    Query(
-        max_length=128,
-        pattern=NO_NUL_PATTERN,
-        description="the model whose rows are read; default: the model this service serves",
-    ),
-]
-
-
-def _model_name(runtime: Runtime, model_name: str | None) -> str:
+async def _model_name(
+    runtime: RuntimeDep,
+    model_name: Annotated[
+        str | None,
+        Query(
+            max_length=128,
+            pattern=NO_NUL_PATTERN,
+            description="the model whose rows are read; default: the model this service serves",
+        ),
+    ] = None,
+) -> str:
     return runtime.predictor.metadata.name if model_name is None else model_name
+
+
+ModelName = Annotated[str, Depends(_model_name)]
 
 
 def _instant(name: str, raw: str | None) -> datetime | None:
@@ -131,19 +133,17 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
 )
 def latency(
     store: Store,
-    runtime: RuntimeDep,
+    model_name: ModelName,
     since: Instant = None,
     until: Instant = None,
-    model_name: ModelName = None,
     model_version: Annotated[str | None, _filter(128)] = None,
 ) -> dict[str, Any]:
     lo, hi = _window(_instant("since", since), _instant("until", until), timedelta(hours=1))
-    name = _model_name(runtime, model_name)
-    out: dict[str, Any] = _run(store.latency, lo, hi, name, model_version)
+    out: dict[str, Any] = _run(store.latency, lo, hi, model_name, model_version)
     return {
         "since": lo.isoformat(),
         "until": hi.isoformat(),
-        "model_name": name,
+        "model_name": model_name,
         "model_version": model_version,
         **out,
     }
@@ -157,10 +157,9 @@ def latency(
 )
 def predictions(
     store: Store,
-    runtime: RuntimeDep,
+    model_name: ModelName,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, _filter(128)] = None,
-    model_name: ModelName = None,
     model_version: Annotated[str | None, _filter(128)] = None,
     entity_type: Annotated[str | None, _filter(64)] = None,
     entity_id: Annotated[str | None, _filter(256)] = None,
@@ -176,7 +175,7 @@ def predictions(
         store.recent,
         limit=limit,
         cursor=pos,
-        model_name=_model_name(runtime, model_name),
+        model_name=model_name,
         model_version=model_version,
         entity_type=entity_type,
         entity_id=entity_id,
@@ -194,18 +193,16 @@ def predictions(
 )
 def distribution(
     store: Store,
-    runtime: RuntimeDep,
-    model_name: ModelName = None,
+    model_name: ModelName,
     model_version: Annotated[str | None, _filter(128)] = None,
     bins: Annotated[int, Query(ge=2, le=100)] = 10,
 ) -> dict[str, Any]:
     lo, hi = _window(None, None, timedelta(hours=1))
-    name = _model_name(runtime, model_name)
-    out: dict[str, Any] = _run(store.distribution, lo, hi, name, model_version, bins)
+    out: dict[str, Any] = _run(store.distribution, lo, hi, model_name, model_version, bins)
     return {
         "since": lo.isoformat(),
         "until": hi.isoformat(),
-        "model_name": name,
+        "model_name": model_name,
         "model_version": model_version,
         **out,
     }
