@@ -20,7 +20,7 @@ import pytest
 
 from inferwatch.inference.loading import LoadedModel
 from stack.procs import free_ports, tcp_ok
-from tests.fixtures.serve import render, serving
+from tests.fixtures.serve import read_response, render, serving
 
 pytestmark = pytest.mark.integration
 
@@ -52,18 +52,7 @@ def _get_healthz(sock: socket.socket) -> bytes:
     """One keep-alive GET /healthz on SOCK, read to the end of its body; the response's
     status line."""
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        assert chunk, "the server closed the connection instead of answering"
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    length = re.search(rb"(?im)^content-length:\s*(\d+)\r?$", head)
-    assert length is not None, head
-    while len(body) < int(length.group(1)):
-        chunk = sock.recv(4096)
-        assert chunk, "the server closed the connection within the body"
-        body += chunk
+    head, _ = read_response(sock)
     return head.split(b"\r\n", 1)[0]
 
 

@@ -31,7 +31,7 @@ from inferwatch.audit.spool import iter_frames
 from inferwatch.inference.data import generate_transactions
 from inferwatch.inference.loading import METADATA_NAME, LoadedModel
 from stack.procs import free_ports, pid_alive, poll, spawn, terminate, venv_bin
-from tests.fixtures.serve import serving
+from tests.fixtures.serve import read_response, serving
 
 pytestmark = pytest.mark.integration
 
@@ -106,16 +106,10 @@ def response_spread_ms(port: int, body: bytes, n: int) -> list[float]:
             conn.sendall(request)
             data = conn.recv(65536)
             first = time.perf_counter()
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
-            head, _, rest = data.partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200"), head
-            length = re.search(rb"(?i)content-length:\s*(\d+)", head)
-            assert length is not None, head
-            while len(rest) < int(length.group(1)):
-                rest += conn.recv(65536)
+            head, body = read_response(conn, data)
             spreads.append((time.perf_counter() - first) * 1000)
-            json.loads(rest)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            json.loads(body)
     return spreads
 
 
